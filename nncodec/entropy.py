@@ -1,0 +1,203 @@
+"""Latents <-> bytes, and the one place where entropy-model parameters are computed.
+
+Decoding a hyperprior needs the *same* scale index for every latent on the encoder and
+the decoder; a float hyper-synthesis run on another device, thread count or batch size
+can flip an index near a table boundary and turn the rest of the stream into garbage
+(CompressAI issues #279 and #309). Here the hyper-synthesis runs as an integer network
+(after Ballé, Johnston, Minnen 2019, "Integer networks for data compression with
+latent-variable models"): weights are integers with a power-of-two scale per output
+channel, activations are fixed-point integers, and every product and sum is an exact
+integer below 2**53 held in float64, so the summation order cannot change any result.
+Scale indexes are then found by exact comparisons with the scale table. The path
+always runs on the CPU in float64 and gives identical integers everywhere.
+
+One range-coded stream per chunk carries, in order: the hyper-latents of every
+network tile, their latents, then the residual symbols of the error-bound layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.ans import BufferedRansEncoder, RansDecoder
+
+WEIGHT_MAX = 127  # integer weights fit in 8 bits
+ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
+MAX_EXACT = 2.0**53
+
+
+def _layer_geometry(module) -> dict:
+    transposed = isinstance(module, torch.nn.ConvTranspose2d)
+    return {
+        "transposed": transposed,
+        "stride": module.stride[0],
+        "padding": module.padding[0],
+        "output_padding": module.output_padding[0] if transposed else 0,
+    }
+
+
+class IntegerHyperSynthesis:
+    """Integer version of ``h_s`` mapping hyper-latents to scale indexes, exactly.
+
+    Parameters
+    ----------
+    layers : list of dict
+        Per convolution: integer ``weight`` and ``bias`` (float64 tensors holding
+        integers), ``shift`` (per-output-channel power-of-two exponent of the weights),
+        geometry, and whether a ReLU follows.
+    scale_table : torch.Tensor
+        Scales of the Gaussian conditional; index i means scale_table[i].
+    """
+
+    def __init__(self, layers: list[dict], scale_table: torch.Tensor):
+        self.layers = layers
+        self.thresholds = scale_table.double()[:-1].numpy()
+
+    @classmethod
+    def from_float(cls, h_s: torch.nn.Sequential, scale_table: torch.Tensor) -> IntegerHyperSynthesis:
+        """Quantise a trained float ``h_s`` (conv/deconv layers, each optionally + ReLU)."""
+        mods = list(h_s)
+        layers, frac_in = [], ACT_FRAC_BITS
+        for i, m in enumerate(mods):
+            if not isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                continue
+            w = m.weight.detach().double()
+            out_axis = 1 if isinstance(m, torch.nn.ConvTranspose2d) else 0
+            per_out = w.transpose(0, out_axis).reshape(w.shape[out_axis], -1).abs().amax(dim=1)
+            shift = torch.floor(torch.log2(WEIGHT_MAX / per_out.clamp(min=1e-12))).clamp(-20, 40)
+            view = [1] * w.dim()
+            view[out_axis] = -1
+            w_int = torch.round(w * torch.exp2(shift).view(view))
+            b_int = torch.round(m.bias.detach().double() * torch.exp2(shift + frac_in))
+            relu = i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.ReLU)
+            layers.append({"weight": w_int, "bias": b_int, "shift": shift, "relu": relu, **_layer_geometry(m)})
+        return cls(layers, scale_table)
+
+    def state(self) -> dict:
+        return {"layers": self.layers, "thresholds": torch.from_numpy(self.thresholds)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> IntegerHyperSynthesis:
+        obj = cls.__new__(cls)
+        obj.layers = state["layers"]
+        obj.thresholds = state["thresholds"].double().numpy()
+        return obj
+
+    def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
+        """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
+        a = torch.round(z_hat.detach().to("cpu", torch.float64) * 2.0**ACT_FRAC_BITS)
+        frac_in = ACT_FRAC_BITS
+        for layer in self.layers:
+            if layer["transposed"]:
+                acc = F.conv_transpose2d(a, layer["weight"], stride=layer["stride"], padding=layer["padding"],
+                                         output_padding=layer["output_padding"])
+            else:
+                acc = F.conv2d(a, layer["weight"], stride=layer["stride"], padding=layer["padding"])
+            # exponent of the accumulator's fixed point, per output channel
+            exp = (layer["shift"] + frac_in).view(1, -1, 1, 1)
+            acc = acc + layer["bias"].view(1, -1, 1, 1)
+            if layer["relu"]:
+                acc = acc.clamp(min=0)
+            if acc.numel() and float(acc.abs().max()) >= MAX_EXACT:
+                raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
+            if layer is self.layers[-1]:
+                scales = (acc * torch.exp2(-exp))[..., : y_shape[0], : y_shape[1]]
+                return np.searchsorted(self.thresholds, scales.numpy(), side="left").astype(np.int32)
+            a = torch.floor(acc * torch.exp2(ACT_FRAC_BITS - exp) + 0.5)
+            frac_in = ACT_FRAC_BITS
+        raise ValueError("integer hyper-synthesis has no layers")
+
+
+class Tables:
+    """The integer CDF tables of one model, converted once to what the range coder takes."""
+
+    def __init__(self, entropy_bottleneck, gaussian_conditional):
+        eb, gc = entropy_bottleneck, gaussian_conditional
+        self.z = (eb._quantized_cdf.tolist(), eb._cdf_length.reshape(-1).tolist(), eb._offset.reshape(-1).tolist())
+        self.y = (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).tolist(), gc._offset.reshape(-1).tolist())
+        self.medians = eb.quantiles[:, 0, 1].detach().clone()
+        self.levels = len(self.y[1])
+        self._costs = {}
+
+    def costs(self, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bits per in-range symbol (tables x symbols), escape bits, offsets) for estimating sizes."""
+        if which not in self._costs:
+            cdfs, lengths, offsets = self.z if which == "z" else self.y
+            width = max(lengths) - 1
+            bits = np.empty((len(cdfs), width))
+            escape = np.empty(len(cdfs))
+            for i, (cdf, n) in enumerate(zip(cdfs, lengths)):
+                p = np.diff(np.asarray(cdf[:n], dtype=np.float64)) / 65536.0
+                c = -np.log2(np.maximum(p, 1.0 / 65536.0))
+                escape[i] = c[-1]
+                bits[i, : n - 2] = c[:-1]
+                bits[i, n - 2 :] = np.inf  # out of range: the escape path is priced separately
+            self._costs[which] = (bits, escape, np.asarray(offsets, dtype=np.int64))
+        return self._costs[which]
+
+    def symbol_bits(self, which: str, symbols: np.ndarray, indexes: np.ndarray) -> np.ndarray:
+        """Estimated coded size in bits of each symbol under its table index."""
+        bits, escape, offsets = self.costs(which)
+        idx = np.broadcast_to(indexes, symbols.shape).ravel()
+        s = symbols.astype(np.int64).ravel() - offsets[idx]
+        inside = (s >= 0) & (s < bits.shape[1])
+        c = np.where(inside, bits[idx, np.clip(s, 0, bits.shape[1] - 1)], np.inf)
+        out = ~np.isfinite(c)
+        if out.any():
+            # the escape symbol, then the raw value in 4-bit bypass digits
+            c[out] = escape[idx[out]] + 4 + 4 * np.ceil(np.log2(np.abs(s[out]) * 2 + 2) / 4)
+        return c
+
+    def best_residual_index(self, symbols: np.ndarray) -> tuple[int, float]:
+        """The one Gaussian table index that codes ``symbols`` in the fewest bits, and those bits."""
+        values, counts = np.unique(symbols.astype(np.int64).ravel(), return_counts=True)
+        totals = [float((self.symbol_bits("y", values, np.int64(i)) * counts).sum()) for i in range(self.levels)]
+        best = int(np.argmin(totals))
+        return best, totals[best]
+
+
+class StreamWriter:
+    """Collects (symbols, table indexes) groups; ``finish`` range-codes them in order."""
+
+    def __init__(self, tables: Tables):
+        self.tables = tables
+        self.enc = BufferedRansEncoder()
+
+    def _encode(self, symbols: np.ndarray, indexes: np.ndarray, table) -> None:
+        # the C++ coder trusts its inputs: one index per symbol, each inside the table
+        idx = np.broadcast_to(indexes, symbols.shape).astype(np.int32).ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
+            raise ValueError("entropy table index out of range")
+        self.enc.encode_with_indexes(symbols.astype(np.int32).ravel().tolist(), idx.tolist(), *table)
+
+    def z(self, symbols: np.ndarray, channels: np.ndarray) -> None:
+        self._encode(symbols, channels, self.tables.z)
+
+    def y(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
+        self._encode(symbols, indexes, self.tables.y)
+
+    def finish(self) -> bytes:
+        return self.enc.flush()
+
+
+class StreamReader:
+    """Decodes groups in the order :class:`StreamWriter` wrote them."""
+
+    def __init__(self, tables: Tables, data: bytes):
+        self.tables = tables
+        self.dec = RansDecoder()
+        self.dec.set_stream(bytes(data))
+
+    def _decode(self, indexes: np.ndarray, table) -> np.ndarray:
+        idx = np.ascontiguousarray(indexes, dtype=np.int32)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
+            raise ValueError("entropy table index out of range")
+        out = self.dec.decode_stream(idx.ravel().tolist(), *table)
+        return np.asarray(out, dtype=np.int32).reshape(idx.shape)
+
+    def z(self, channels: np.ndarray) -> np.ndarray:
+        return self._decode(channels, self.tables.z)
+
+    def y(self, indexes: np.ndarray) -> np.ndarray:
+        return self._decode(indexes, self.tables.y)

@@ -1,0 +1,194 @@
+"""Rate-distortion training of :class:`~nncodec.models.hyperprior.FieldHyperprior`.
+
+Every step draws one crop size and a batch of crops; each crop gets a random quality
+level and is trained with that level's lambda, so one run trains the whole family.
+Loss = bits per value + lambda * MSE over finite pixels only (land does not count).
+Checkpoints hold model, optimisers, step and RNG state, so ``resume=True`` continues
+an interrupted run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import CropSampler, load_tiles
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run (saved in checkpoints and the model card)."""
+
+    steps: int = 100_000
+    batch: int = 8
+    crop: int = 64
+    crop_late: int = 128
+    late_fraction: float = 0.2
+    lr: float = 2e-4
+    lr_min: float = 1e-5
+    lambdas: list = field(default_factory=lambda: [150.0, 500.0, 1500.0, 5000.0, 15000.0, 50000.0, 150000.0, 500000.0])
+    arch: dict = field(default_factory=lambda: {"N": 64, "M": 64, "Nh": 48, "synthesis": [48, 32, 16]})
+    tile: int = 256
+    val_fraction: float = 0.15
+    threads: int = 1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 200
+    max_minutes: float | None = None
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    warm = 500
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def rd_loss(model, x, mask, q):
+    """(loss, bits per value, masked MSE) for a batch; ``q`` holds 0-based levels."""
+    import torch
+
+    out = model(x, q)
+    n_values = x.shape[-2] * x.shape[-1]
+    bits = sum(-torch.log2(lik).sum(dim=(1, 2, 3)) for lik in out["likelihoods"].values())
+    bpv = bits / n_values
+    err = (out["x_hat"] - x) ** 2 * mask
+    mse = err.sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)
+    lam = model.lambdas[q]
+    # each level's loss is divided by sqrt(lambda / geometric mean) so that the
+    # high-lambda levels do not take over the shared trunk's gradient
+    balance = torch.sqrt(lam / torch.exp(torch.log(model.lambdas).mean()))
+    loss = ((bpv + lam * mse) / balance).mean()
+    return loss, bpv, mse
+
+
+def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init: str | None = None, resume: bool = False, log=None):
+    """Train (or fine-tune from ``init``) and write checkpoints to ``out``.
+
+    Returns the path of the last checkpoint. ``log`` receives one line per report
+    (default: stderr).
+    """
+    import torch
+
+    from ..models.hyperprior import FieldHyperprior
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig(**state["config"])
+        log(f"resuming from {ckpt_path} at step {state['step']}")
+    cfg = cfg or TrainConfig()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    t0 = time.time()
+    train_tiles, val_tiles = load_tiles(sources, tile=cfg.tile, val_fraction=cfg.val_fraction)
+    log(f"{len(train_tiles)} training tiles, {len(val_tiles)} validation tiles ({time.time() - t0:.1f} s)")
+    sampler = CropSampler(train_tiles, seed=cfg.seed)
+
+    model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
+    if init is not None and state is None:
+        from ..weights import load_model_state
+
+        init_state = load_model_state(init)
+        model.load_state_dict(init_state, strict=False)
+        log(f"initialised from {init}")
+    params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
+        step = state["step"]
+        sampler.rng.bit_generator.state = state["rng"]
+
+    def save():
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+             "step": step, "config": asdict(cfg), "rng": sampler.rng.bit_generator.state},
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)  # never a half-written checkpoint
+
+    n_q = len(cfg.lambdas)
+    start, since = time.time(), time.time()
+    run_bpv, run_mse, run_n = 0.0, 0.0, 0
+    model.train()
+    while step < cfg.steps:
+        late = step >= cfg.steps * (1 - cfg.late_fraction)
+        base = cfg.crop_late if late else cfg.crop
+        # odd sizes now and then: real chunks are rarely multiples of 16
+        size = base if sampler.rng.random() < 0.75 else int(sampler.rng.integers(base // 2, base + 1))
+        batch = cfg.batch if not late else max(2, cfg.batch * cfg.crop**2 // cfg.crop_late**2)
+        x, m = sampler.batch(size, batch)
+        x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
+        q = torch.from_numpy(sampler.rng.integers(0, n_q, size=batch))
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(cfg, step)
+        loss, bpv, mse = rd_loss(model, x, m, q)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        aux = model.aux_loss()
+        aux_opt.zero_grad()
+        aux.backward()
+        aux_opt.step()
+        step += 1
+        run_bpv += float(bpv.detach().mean())
+        run_mse += float(mse.detach().mean())
+        run_n += 1
+        if step % cfg.log_every == 0:
+            rate = cfg.log_every / (time.time() - since)
+            since = time.time()
+            log(f"step {step}/{cfg.steps} loss {float(loss):.4f} bpv {run_bpv / run_n:.3f} "
+                f"psnr {10 * math.log10(1 / max(run_mse / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step):.2e} {rate:.1f} steps/s")
+            run_bpv, run_mse, run_n = 0.0, 0.0, 0
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save()
+            if val_tiles and step % (cfg.checkpoint_every * 5) == 0:
+                log("validation " + json.dumps(validate(model, val_tiles)))
+        if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
+            save()
+            log(f"stopped after {cfg.max_minutes} minutes at step {step}; run again with resume to continue")
+            break
+    return ckpt_path
+
+
+def validate(model, val_tiles, max_tiles: int = 24) -> dict:
+    """Estimated bits per value and PSNR per quality level on whole validation tiles."""
+    import torch
+
+    model.eval()
+    picks = np.linspace(0, len(val_tiles) - 1, min(max_tiles, len(val_tiles))).astype(int)
+    result = {}
+    with torch.no_grad():
+        for qi in range(len(model.config["lambdas"])):
+            bits, n, se = 0.0, 0, 0.0
+            for k in picks:
+                t, m, _ = val_tiles[k]
+                x = torch.from_numpy(t)[None, None]
+                mm = torch.from_numpy(m.astype(np.float32))[None, None]
+                _, bpv, mse = rd_loss(model, x, mm, torch.tensor([qi]))
+                bits += float(bpv) * t.size
+                n += t.size
+                se += float(mse)
+            result[f"q{qi + 1}"] = {"bpv": round(bits / n, 4), "psnr": round(10 * math.log10(len(picks) / max(se, 1e-20)), 2)}
+    model.train()
+    return result
