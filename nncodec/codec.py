@@ -281,7 +281,8 @@ def _plan_tile(t: _Tile, slices: np.ndarray, fin) -> _Tile:
         t.kind = EMPTY
         return t
     vals = v[finite]
-    if (vals == vals.flat[0]).all():
+    bits = vals.view(f"u{vals.dtype.itemsize}")
+    if (bits == bits[0]).all():  # bitwise, so that -0.0 next to 0.0 is not "constant"
         t.kind, t.value = CONSTANT, vals.flat[0]
         return t
     try:

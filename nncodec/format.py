@@ -14,7 +14,7 @@ Layout of one encoded chunk (all integers little-endian; "varint" is LEB128)::
         tile     varint   tile edge length
         [bound   float64  requested absolute error bound      (error-bounded only)]
         [step    float64  residual quantisation step          (error-bounded only)]
-        crc32    4 bytes  of the payload
+        crc32    4 bytes  of the header bytes before it, then the payload
     payload    the rest (tile records, mask, range-coded stream; see docs/format.md)
 
 Parsing a header never imports torch.
@@ -146,7 +146,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     put_varint(h, header.tile)
     if header.bounded:
         h += struct.pack("<dd", header.bound, header.step)
-    h += struct.pack("<I", zlib.crc32(payload))
+    h += struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(h))))
     out = bytearray(MAGIC)
     out.append(FORMAT_VERSION)
     put_varint(out, len(h))
@@ -182,7 +182,8 @@ def unpack(buf) -> tuple[Header, memoryview]:
             )
         raise FormatError(f"unknown nncodec format version {version}")
     hlen = r.varint()
-    h = Reader(r.take(hlen))
+    header_bytes = r.take(hlen)
+    h = Reader(header_bytes)
     flags = h.u8()
     code = flags & 0x07
     ndim = h.u8()
@@ -195,11 +196,12 @@ def unpack(buf) -> tuple[Header, memoryview]:
     bound = step = None
     if flags & BOUNDED:
         bound, step = (float(v) for v in struct.unpack("<dd", h.take(16)))
+    covered = bytes(header_bytes[: h.pos])
     (crc,) = struct.unpack("<I", h.take(4))
     payload = r.rest()
-    if zlib.crc32(payload) != crc:
+    if zlib.crc32(payload, zlib.crc32(covered)) != crc:
         raise CorruptStreamError(
-            "nncodec chunk failed its checksum (payload damaged or truncated); "
+            "nncodec chunk failed its checksum (damaged or truncated); "
             "re-create it from the source data"
         )
     header = Header(

@@ -44,7 +44,9 @@ def encode_mask(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     else:
         out.append(_EACH)
         body += raw.tobytes()
-    packed = zlib.compress(bytes(body), 9)
+    # raw deflate: no zlib header or checksum (the chunk has its own CRC)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = deflate.compress(bytes(body)) + deflate.flush()
     put_varint(out, len(packed))
     return bytes(out + packed), finite
 
@@ -53,7 +55,7 @@ def decode_mask(r: Reader, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.
     """Read a mask written by :func:`encode_mask`: (finite mask, non-finite values)."""
     kind = r.u8()
     uniform = bytes(r.take(dtype.itemsize)) if kind == _UNIFORM else None
-    body = Reader(zlib.decompress(bytes(r.take(r.varint()))))
+    body = Reader(zlib.decompress(bytes(r.take(r.varint())), -15))
     n_runs = body.varint()
     runs = np.array([body.varint() for _ in range(n_runs)], dtype=np.int64)
     size = int(np.prod(shape))

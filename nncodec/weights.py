@@ -107,7 +107,11 @@ def load_model_state(model: str | os.PathLike | None) -> dict:
     import torch
 
     ref = resolve(model)
-    data = torch.load(ref.path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(ref.path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise ModelError(f"{ref.path} is not a readable nncodec weights file ({type(exc).__name__}); "
+                         "pass a file written by `nncodec train`") from exc
     if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
         raise ModelError(f"{ref.path} is not an nncodec weights file (format {WEIGHTS_FORMAT!r} expected)")
     return data

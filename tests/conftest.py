@@ -1,0 +1,28 @@
+"""Shared test fixtures: real fields from ../shared/data (present in CI beside the repo)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_field(file: str, var: str) -> np.ndarray:
+    """One array from a ../shared/data archive; the tests need these real fields."""
+    path = SHARED_DATA / file
+    if not path.exists():
+        pytest.fail(f"test data {path} is missing: the tests need ../shared/data beside the repo")
+    return np.load(path)[var]
+
+
+@pytest.fixture(scope="session")
+def ts_field() -> np.ndarray:
+    """GloSea4 surface temperature, one 145x192 global slice (K), held-out member."""
+    return load_field("iris_glosea4_surface_temperature.npz", "ts")[12, 5]
+
+
+@pytest.fixture(scope="session")
+def sst_field() -> np.ndarray:
+    """COADS SST, 90x180 with ~45 % NaN land, held-out month."""
+    return load_field("ferret_coads_climatology.npz", "sst")[11]
