@@ -1,0 +1,150 @@
+"""NNCodecV3: nncodec as a zarr-python 3 array-to-bytes codec (the array's serializer).
+
+In zarr format 3 a compressor only ever sees flat bytes, so a codec that needs the 2D
+layout of a chunk has to be the *serializer*: ``serializer=NNCodecV3(...)`` together with
+``compressors=None`` (nncodec already entropy-codes its output). zarr finds the class by
+the ``zarr.codecs`` entry point ``nncodec``, so a process that never imports nncodec can
+still read the arrays. All the coding is done by an :class:`~nncodec.codec.NNCodec`; this
+module only adapts it to zarr's buffers, metadata and event loop.
+
+This module needs zarr 3; ``import nncodec`` does not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import parse_named_configuration
+
+from . import format as fmt
+from .codec import NNCodec, _input_array
+from .errors import FormatError
+from .normalize import DEFAULT_TILE
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+_PARAMS = ("quality", "model", "device", "abs_error", "rel_error", "target_psnr", "tile")
+
+
+@dataclass(frozen=True)
+class NNCodecV3(ArrayBytesCodec):
+    """Learned lossy codec for zarr format 3 arrays, used as the array's serializer.
+
+    The parameters are those of :class:`nncodec.NNCodec`, and are checked the same way.
+    Chunks must have 2 to 5 dimensions (the last two are the 2D field) and a float32,
+    float64 or small integer dtype. Edge chunks arrive padded with the array's fill
+    value: keep it NaN for floats (xarray's default) so the padding costs next to nothing.
+
+    Parameters
+    ----------
+    quality : int, optional
+        Rate level, 1 (fewest bits) to the model's top level. Default 4.
+    model : str, optional
+        A shipped model id or the path of a weights file. Default: the shipped model.
+    device : {"auto", "cpu", "cuda"}
+        Where the network runs. Not part of the stored data's meaning: any device reads it.
+    abs_error : float, optional
+        Every finite decoded value is within ``abs_error`` of the original.
+    rel_error : float, optional
+        As ``abs_error``, relative to each chunk's finite range.
+    target_psnr : float, optional
+        Each chunk's PSNR is at least this (dB).
+    tile : int
+        Largest tile edge inside a chunk. Default 256.
+
+    Examples
+    --------
+    >>> import numpy as np, zarr
+    >>> from nncodec.zarr3 import NNCodecV3
+    >>> field = np.add.outer(np.sin(np.linspace(0, 3, 90)), np.cos(np.linspace(0, 5, 180))).astype("f4")
+    >>> arr = zarr.create_array(store={}, shape=field.shape, chunks=(64, 64), dtype="f4",
+    ...                         fill_value=np.nan, serializer=NNCodecV3(abs_error=1e-3), compressors=None)
+    >>> arr[:] = field
+    >>> bool(np.abs(arr[:] - field).max() <= 1e-3)
+    True
+    >>> NNCodecV3(abs_error=1e-3).to_dict()
+    {'name': 'nncodec', 'configuration': {'abs_error': 0.001}}
+    """
+
+    is_fixed_size = False
+
+    quality: int | None
+    model: str | None
+    device: str
+    abs_error: float | None
+    rel_error: float | None
+    target_psnr: float | None
+    tile: int
+
+    def __init__(self, quality=None, model=None, device="auto", abs_error=None, rel_error=None,
+                 target_psnr=None, tile=DEFAULT_TILE):
+        codec = NNCodec(quality=quality, model=model, device=device, abs_error=abs_error,
+                        rel_error=rel_error, target_psnr=target_psnr, tile=tile)
+        # the fields hold NNCodec's checked, normalised values, so equal settings compare equal
+        for name in _PARAMS:
+            object.__setattr__(self, name, getattr(codec, name))
+        # not a dataclass field: kept out of equality, hashing and the metadata
+        object.__setattr__(self, "_codec", codec)
+
+    # -- metadata ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        """Build the codec from its zarr metadata ``{"name": "nncodec", "configuration": {...}}``."""
+        _, config = parse_named_configuration(data, NNCodec.codec_id, require_configuration=False)
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(_PARAMS))
+        if unknown:
+            raise ValueError(
+                f"nncodec codec metadata has unknown keys {unknown} (known: {', '.join(_PARAMS)}); "
+                "the array was probably written by a newer nncodec: upgrade it (pip install -U nncodec)"
+            )
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        """The zarr metadata of the codec; only settings that differ from the defaults."""
+        config = self._codec.get_config()
+        del config["id"]
+        return {"name": NNCodec.codec_id, "configuration": config}
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        """Refuse, when the array is created, arrays whose chunks nncodec cannot code."""
+        if not 2 <= len(shape) <= fmt.MAX_NDIM:
+            raise ValueError(
+                f"NNCodecV3 codes arrays with 2 to {fmt.MAX_NDIM} dimensions (..., y, x), got shape "
+                f"{tuple(shape)}; store this array with the default serializer (leave nncodec out of its codecs)"
+            )
+        # the codec's own dtype check, on a stand-in chunk, so the message is the same as at encode time
+        _input_array(np.zeros((1, 1), dtype=dtype.to_native_dtype()))
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        """Not known in advance: the size of a coded chunk depends on its values."""
+        raise NotImplementedError("nncodec output size depends on the data")
+
+    # -- coding --------------------------------------------------------------------------
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
+        # the network runs for a while: keep it off the event loop, as zarr's numcodecs wrappers do
+        encoded = await asyncio.to_thread(self._codec.encode, chunk_array.as_numpy_array())
+        return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        decoded = await asyncio.to_thread(self._codec.decode, chunk_bytes.as_numpy_array())
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(_as_chunk(decoded, chunk_spec))
+
+
+def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
+    """The decoded chunk in the shape and dtype the array expects; a mismatch is an error."""
+    dtype = chunk_spec.dtype.to_native_dtype()
+    if decoded.size != int(np.prod(chunk_spec.shape)) or not np.can_cast(decoded.dtype, dtype, "equiv"):
+        raise FormatError(
+            f"nncodec chunk holds {decoded.dtype} {decoded.shape}, but the array expects {dtype} "
+            f"{tuple(chunk_spec.shape)}: the chunk was written for another array (rewrite it)"
+        )
+    return decoded.astype(dtype, copy=False).reshape(chunk_spec.shape)
