@@ -19,6 +19,7 @@ range-coded stream carries all their symbols. See docs/format.md for the bytes.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
 _HAS_RESIDUAL = 0x80  # NETWORK | this flag: a residual follows the network
 _LORENZO = 0x80  # in the residual byte: symbols are Lorenzo differences
 DEFAULT_QUALITY = 4
-MAX_BATCH_VALUES = 1 << 21  # values per network batch: bounds peak memory per chunk
+# values per network batch (env NNCODEC_BATCH_VALUES): bounds the peak memory of a chunk
+DEFAULT_BATCH_VALUES = 1 << 20
 _SUPPORTED = ", ".join(str(d) for d in fmt.DTYPES.values())
 
 
@@ -137,15 +139,17 @@ class NNCodec(Codec):
         for name in ("quality", "model", "abs_error", "rel_error", "target_psnr"):
             if getattr(self, name) is not None:
                 config[name] = getattr(self, name)
-        if self.device != "auto":
-            config["device"] = self.device
         if self.tile != DEFAULT_TILE:
             config["tile"] = self.tile
+        # device is where this process runs the network, not a property of the data: it
+        # stays out of the config so that a store written on a GPU node opens on a laptop
         return config
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
-        return f"{type(self).__name__}({args})"
+        args = [f"{k}={v!r}" for k, v in self.get_config().items() if k != "id"]
+        if self.device != "auto":
+            args.append(f"device={self.device!r}")
+        return f"{type(self).__name__}({', '.join(args)})"
 
     def encode(self, buf):
         """Encode an array (2 to 5 dimensions, float or small integer dtype) to bytes."""
@@ -290,16 +294,22 @@ def _plan_tile(t: _Tile, slices: np.ndarray, fin) -> _Tile:
     except OverflowError:
         t.kind, t.extra["values"] = RAW, v
         return t
+    if t.scale == 0:
+        # equal values with different bits (0.0 next to -0.0): only an exact copy keeps them
+        t.kind, t.extra["values"] = RAW, v
+        return t
     t.kind = NETWORK
     return t
 
 
 def _groups(tiles):
+    """Batches of same-shape tiles holding at most NNCODEC_BATCH_VALUES values."""
+    limit = int(os.environ.get("NNCODEC_BATCH_VALUES", DEFAULT_BATCH_VALUES))
     by_shape = {}
     for t in tiles:
         by_shape.setdefault(t.shape, []).append(t)
     for shape, group in by_shape.items():
-        per = max(1, MAX_BATCH_VALUES // (shape[0] * shape[1]))
+        per = max(1, limit // (shape[0] * shape[1]))
         for i in range(0, len(group), per):
             yield shape, group[i : i + per]
 
@@ -316,7 +326,7 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype) -> None
     for shape, group in _groups(tiles):
         x = np.stack([_normalised(t, slices, fin) for t in group])[:, None]
         y = rt.analyse(x)
-        levels = [quality] if quality else [DEFAULT_QUALITY] if bound is None else range(1, rt.qualities + 1)
+        levels = [quality] if quality else [DEFAULT_QUALITY] if bound is None else _search_levels(rt.qualities)
         best = [None] * len(group)
         for q in levels:
             sym = rt.quantise(y, q)
@@ -341,6 +351,11 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype) -> None
                     t.kind = RESIDUAL
                     continue
             t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
+
+
+def _search_levels(top: int) -> list[int]:
+    """Levels tried per tile in error-bounded modes: every other one, and the top."""
+    return sorted(set(range(1, top + 1, 2)) | {top})
 
 
 def _residual_bits(t, slices, fin, pred, step, tables):

@@ -75,12 +75,21 @@ class IntegerHyperSynthesis:
         return cls(layers, scale_table)
 
     def state(self) -> dict:
-        return {"layers": self.layers, "thresholds": torch.from_numpy(self.thresholds)}
+        """Compact form for the weights file: int8 weights, int64 biases, int16 shifts."""
+        packed = [
+            {**layer, "weight": layer["weight"].to(torch.int8), "bias": layer["bias"].to(torch.int64),
+             "shift": layer["shift"].to(torch.int16)}
+            for layer in self.layers
+        ]
+        return {"layers": packed, "thresholds": torch.from_numpy(self.thresholds)}
 
     @classmethod
     def from_state(cls, state: dict) -> IntegerHyperSynthesis:
         obj = cls.__new__(cls)
-        obj.layers = state["layers"]
+        obj.layers = [
+            {**layer, "weight": layer["weight"].double(), "bias": layer["bias"].double(), "shift": layer["shift"].double()}
+            for layer in state["layers"]
+        ]
         obj.thresholds = state["thresholds"].double().numpy()
         return obj
 

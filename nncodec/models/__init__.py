@@ -1,0 +1,36 @@
+"""The networks, and the registry of shipped models."""
+
+from __future__ import annotations
+
+
+def list_models() -> list[dict]:
+    """Shipped models (and those in ``NNCODEC_WEIGHTS_DIR``) with their card figures.
+
+    Each entry: ``id``, ``code`` (0 for user weights), ``qualities``, ``size_bytes``,
+    ``sha256`` and ``validation`` (per quality level: bits per value, PSNR, max error).
+
+    Examples
+    --------
+    >>> from nncodec.models import list_models
+    >>> [m["id"] for m in list_models()][:1]
+    ['hyperprior-climate-v1']
+    """
+    import os
+    from pathlib import Path
+
+    from ..weights import REGISTRY, model_card, resolve
+
+    names = list(REGISTRY)
+    extra = os.environ.get("NNCODEC_WEIGHTS_DIR")
+    if extra and Path(extra).is_dir():
+        names += sorted(p.stem for p in Path(extra).glob("*.pt") if p.stem not in REGISTRY)
+    out = []
+    for name in names:
+        ref = resolve(name)
+        card = model_card(name)
+        out.append({
+            "id": ref.id, "code": ref.code, "qualities": card.get("qualities"),
+            "size_bytes": ref.path.stat().st_size, "sha256": ref.sha256,
+            "validation": card.get("validation", {}),
+        })
+    return out

@@ -113,3 +113,23 @@ class CropSampler:
             xs.append(np.ascontiguousarray(xt))
             ms.append(np.ascontiguousarray(mt))
         return np.stack(xs)[:, None], np.stack(ms)[:, None]
+
+
+def held_out_slices(sources, val_fraction: float = 0.15, max_per_variable: int = 4) -> list[np.ndarray]:
+    """Up to ``max_per_variable`` whole 2D slices per variable from the held-out split."""
+    out = []
+    for src in sources:
+        for arr in _open_variables(src).values():
+            if arr.ndim < 3:
+                continue
+            n_first = arr.shape[0]
+            n_val = int(round(n_first * val_fraction))
+            if n_val == 0:
+                continue
+            lead = (n_val,) + tuple(arr.shape[1:-2])
+            count = int(np.prod(lead))
+            for i in np.linspace(0, count - 1, min(max_per_variable, count)).astype(int):
+                idx = np.unravel_index(i, lead)
+                idx = (idx[0] + n_first - n_val,) + idx[1:]
+                out.append(np.asarray(arr[idx], dtype=np.float32))
+    return out

@@ -1,0 +1,146 @@
+"""Issue 3 guarantees: the bound holds on adversarial and random inputs, and bytes decode
+identically whatever the thread count or batch size."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from nncodec import NNCodec
+
+from conftest import load_field
+
+
+def check_bound(x, out, bound):
+    fin = np.isfinite(x)
+    assert np.array_equal(np.isfinite(out), fin)
+    bad = ~fin
+    assert np.array_equal(out[bad].view(f"u{x.itemsize}"), x[bad].view(f"u{x.itemsize}"))
+    if fin.any():
+        err = np.abs(out[fin].astype(np.float64) - x[fin].astype(np.float64))
+        assert err.max() <= bound, f"max error {err.max()} > bound {bound}"
+
+
+def _corpus():
+    rng = np.random.default_rng(7)
+    n = 48
+    yy, xx = np.mgrid[:n, :n]
+    smooth = np.sin(yy / 7) + np.cos(xx / 5)
+    spikes = smooth.copy()
+    spikes[rng.integers(0, n, 20), rng.integers(0, n, 20)] = 1e4
+    steps = np.where(xx > n // 2, 100.0, -100.0) + smooth
+    checker = ((yy + xx) % 2) * 2.0 - 1.0
+    dynamic = np.exp(rng.uniform(np.log(1e-30), np.log(1e30), (n, n))) * rng.choice([-1, 1], (n, n))
+    denormal = np.full((n, n), 1e-40, np.float32) * rng.integers(1, 50, (n, n)).astype(np.float32)
+    zeros = np.zeros((n, n))
+    zeros[::3] = -0.0
+    single = np.full((n, n), np.nan)
+    single[17, 5] = 3.25
+    noise = rng.normal(size=(n, n)) * 1e3
+    near_max = np.full((n, n), 3e38, np.float32)
+    near_max[::2] = -3e38
+    return {
+        "spikes": spikes, "steps": steps, "checkerboard": checker, "dynamic_range": dynamic,
+        "denormals": denormal, "signed_zeros": zeros, "single_value_in_nan": single,
+        "all_equal": np.full((n, n), 7.0), "noise": noise, "float32_extremes": near_max,
+    }
+
+
+CORPUS = _corpus()
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+@pytest.mark.parametrize("rel", [1e-2, 1e-5])
+def test_adversarial_corpus_bound_holds(name, dtype, rel):
+    x = CORPUS[name].astype(dtype)
+    fin = x[np.isfinite(x)]
+    span = float(fin.max()) - float(fin.min()) if fin.size else 0.0
+    bound = rel * span if span > 0 else rel
+    if not np.isfinite(bound):
+        pytest.skip("range overflows float64")
+    codec = NNCodec(abs_error=bound)
+    check_bound(x, codec.decode(codec.encode(x)), bound)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_adversarial_corpus_learned_mode_does_not_crash(name):
+    x = CORPUS[name].astype("f4")
+    out = NNCodec().decode(NNCodec().encode(x))
+    assert out.shape == x.shape
+    assert np.array_equal(np.isnan(out), np.isnan(x))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 40)),
+    dtype=st.sampled_from(["f4", "f8"]),
+    rel=st.sampled_from([1e-1, 1e-3, 1e-6]),
+)
+def test_fuzz_shapes_dtypes_nan_placement(data, shape, dtype, rel):
+    values = data.draw(hnp.arrays(dtype, shape, elements=st.floats(-1e6, 1e6, width=32)))
+    nan_mask = data.draw(hnp.arrays(bool, shape))
+    x = np.where(nan_mask, np.nan, values).astype(dtype)
+    fin = x[np.isfinite(x)]
+    span = float(fin.max()) - float(fin.min()) if fin.size else 0.0
+    bound = rel * span if span > 0 else rel
+    codec = NNCodec(abs_error=bound)
+    check_bound(x, codec.decode(codec.encode(x)), bound)
+    out = NNCodec(quality=1).decode(NNCodec(quality=1).encode(x))
+    assert out.shape == x.shape and np.array_equal(np.isnan(out), np.isnan(x))
+
+
+def test_real_fields_bound_and_rel_and_psnr(ts_field, sst_field):
+    for x in (ts_field, sst_field):
+        span = float(np.nanmax(x) - np.nanmin(x))
+        for rel in (1e-2, 1e-3, 1e-4):
+            out = NNCodec(rel_error=rel).decode(NNCodec(rel_error=rel).encode(x))
+            check_bound(x, out, rel * span)
+        out = NNCodec(target_psnr=45).decode(NNCodec(target_psnr=45).encode(x))
+        fin = np.isfinite(x)
+        rmse = np.sqrt(np.mean((out[fin].astype(float) - x[fin]) ** 2))
+        assert 20 * np.log10(span / rmse) >= 45
+
+
+_RUN = """
+import os, sys, numpy as np, torch
+threads, batch, mode, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+torch.set_num_threads(threads)
+os.environ["NNCODEC_BATCH_VALUES"] = batch
+from nncodec import NNCodec
+kwargs = eval(sys.argv[5])
+if mode == "encode":
+    x = np.load(path + ".in.npy")
+    open(path + ".bin", "wb").write(NNCodec(**kwargs).encode(x))
+else:
+    np.save(path + f".out{threads}.npy", NNCodec(**kwargs).decode(open(path + ".bin", "rb").read()))
+"""
+
+
+def _run(*args):
+    subprocess.run([sys.executable, "-c", _RUN, *map(str, args)], check=True)
+
+
+@pytest.mark.parametrize("kwargs", [{"quality": 5}, {"abs_error": 2.0}])
+def test_decode_identical_across_threads_and_batches(tmp_path, kwargs):
+    relief = load_field("ferret_etopo5_relief.npz", "rose")[1000:1480, 2000:2960].astype(np.float32)
+    base = str(tmp_path / "chunk")
+    np.save(base + ".in.npy", relief)
+    one_tile = 240 * 240
+    # encode 1 thread / batch of 1 tile; decode 2 threads / batch of 8, and 1 thread / batch 1
+    _run(1, one_tile, "encode", base, repr(kwargs))
+    _run(2, 8 * one_tile, "decode", base, repr(kwargs))
+    _run(1, one_tile, "decode", base, repr(kwargs))
+    a, b = np.load(base + ".out2.npy"), np.load(base + ".out1.npy")
+    np.testing.assert_array_equal(a, b)
+    if "abs_error" in kwargs:
+        check_bound(relief, a, kwargs["abs_error"])
+    # and the reverse: encoded with 2 threads and big batches, same bytes
+    first = open(base + ".bin", "rb").read()
+    _run(2, 8 * one_tile, "encode", base, repr(kwargs))
+    assert open(base + ".bin", "rb").read() == first
