@@ -38,6 +38,7 @@ class TrainConfig:
     tile: int = 256
     val_fraction: float = 0.15
     threads: int = 1
+    device: str = "cpu"
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 200
@@ -87,8 +88,12 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        cfg = TrainConfig(**state["config"])
-        log(f"resuming from {ckpt_path} at step {state['step']}")
+        saved = TrainConfig(**state["config"])
+        # a resumed run keeps its recipe; only how long it runs may change
+        if cfg is not None:
+            saved.steps, saved.max_minutes = cfg.steps, cfg.max_minutes
+        cfg = saved
+        log(f"resuming from {ckpt_path} at step {state['step']} of {cfg.steps}")
     cfg = cfg or TrainConfig()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -99,6 +104,7 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     sampler = CropSampler(train_tiles, seed=cfg.seed)
 
     model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
+    device = torch.device(cfg.device)
     if init is not None and state is None:
         from ..weights import load_model_state
 
@@ -112,15 +118,19 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        aux_opt.load_state_dict(state["aux_opt"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+            aux_opt.load_state_dict(state["aux_opt"])
+        else:
+            log("checkpoint has no optimiser state (a slim checkpoint): Adam restarts its moments")
         step = state["step"]
         sampler.rng.bit_generator.state = state["rng"]
+    model.to(device)
 
     def save():
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(
-            {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+            {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
              "step": step, "config": asdict(cfg), "rng": sampler.rng.bit_generator.state},
             tmp,
         )
@@ -137,8 +147,8 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
         size = base if sampler.rng.random() < 0.75 else int(sampler.rng.integers(base // 2, base + 1))
         batch = cfg.batch if not late else max(2, cfg.batch * cfg.crop**2 // cfg.crop_late**2)
         x, m = sampler.batch(size, batch)
-        x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
-        q = torch.from_numpy(sampler.rng.integers(0, n_q, size=batch))
+        x, m = torch.from_numpy(x).to(device), torch.from_numpy(m.astype(np.float32)).to(device)
+        q = torch.from_numpy(sampler.rng.integers(0, n_q, size=batch)).to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, step)
         loss, bpv, mse = rd_loss(model, x, m, q)
@@ -157,7 +167,7 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
         if step % cfg.log_every == 0:
             rate = cfg.log_every / (time.time() - since)
             since = time.time()
-            log(f"step {step}/{cfg.steps} loss {float(loss):.4f} bpv {run_bpv / run_n:.3f} "
+            log(f"step {step}/{cfg.steps} loss {float(loss.detach()):.4f} bpv {run_bpv / run_n:.3f} "
                 f"psnr {10 * math.log10(1 / max(run_mse / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step):.2e} {rate:.1f} steps/s")
             run_bpv, run_mse, run_n = 0.0, 0.0, 0
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -183,12 +193,27 @@ def validate(model, val_tiles, max_tiles: int = 24) -> dict:
             bits, n, se = 0.0, 0, 0.0
             for k in picks:
                 t, m, _ = val_tiles[k]
-                x = torch.from_numpy(t)[None, None]
-                mm = torch.from_numpy(m.astype(np.float32))[None, None]
-                _, bpv, mse = rd_loss(model, x, mm, torch.tensor([qi]))
+                dev = model.lambdas.device
+                x = torch.from_numpy(t)[None, None].to(dev)
+                mm = torch.from_numpy(m.astype(np.float32))[None, None].to(dev)
+                _, bpv, mse = rd_loss(model, x, mm, torch.tensor([qi], device=dev))
                 bits += float(bpv) * t.size
                 n += t.size
                 se += float(mse)
             result[f"q{qi + 1}"] = {"bpv": round(bits / n, 4), "psnr": round(10 * math.log10(len(picks) / max(se, 1e-20)), 2)}
     model.train()
     return result
+
+
+def slim_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Copy a checkpoint without optimiser state (a third of the size) for committing.
+
+    ``train(..., resume=True)`` continues from it with fresh Adam moments.
+    """
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    slim = {k: state[k] for k in ("model", "step", "config", "rng")}
+    tmp = Path(out).with_suffix(".tmp")
+    torch.save(slim, tmp)
+    os.replace(tmp, out)

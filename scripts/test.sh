@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, runs the suite, then the zarr-2 compatibility check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh "test,hpc"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
+bash tests/compat/setup_env.sh
