@@ -20,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder, RansDecoder
+from ._compressai import BufferedRansEncoder, RansDecoder
+
+from .residual import residual_tables
 
 WEIGHT_MAX = 127  # integer weights fit in 8 bits
 ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
@@ -129,10 +131,18 @@ class Tables:
         self.levels = len(self.y[1])
         self._costs = {}
 
+    @property
+    def r(self) -> tuple[list, list, list]:
+        """The residual layer's tables (:func:`nncodec.residual.residual_tables`), shared by all models."""
+        return residual_tables()
+
     def costs(self, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bits per in-range symbol (tables x symbols), escape bits, offsets) for estimating sizes."""
+        """(bits per in-range symbol (tables x symbols), escape bits, offsets) for estimating sizes.
+
+        ``which`` is ``"z"``, ``"y"`` or ``"r"`` (the residual tables).
+        """
         if which not in self._costs:
-            cdfs, lengths, offsets = self.z if which == "z" else self.y
+            cdfs, lengths, offsets = getattr(self, which)
             width = max(lengths) - 1
             bits = np.empty((len(cdfs), width))
             escape = np.empty(len(cdfs))
@@ -158,13 +168,6 @@ class Tables:
             c[out] = escape[idx[out]] + 4 + 4 * np.ceil(np.log2(np.abs(s[out]) * 2 + 2) / 4)
         return c
 
-    def best_residual_index(self, symbols: np.ndarray) -> tuple[int, float]:
-        """The one Gaussian table index that codes ``symbols`` in the fewest bits, and those bits."""
-        values, counts = np.unique(symbols.astype(np.int64).ravel(), return_counts=True)
-        totals = [float((self.symbol_bits("y", values, np.int64(i)) * counts).sum()) for i in range(self.levels)]
-        best = int(np.argmin(totals))
-        return best, totals[best]
-
 
 class StreamWriter:
     """Collects (symbols, table indexes) groups; ``finish`` range-codes them in order."""
@@ -185,6 +188,11 @@ class StreamWriter:
 
     def y(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
         self._encode(symbols, indexes, self.tables.y)
+
+    def r(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
+        """Residual symbols, each with its own table index (see :func:`_used_tables`)."""
+        local, table = _used_tables(indexes, self.tables.r)
+        self._encode(symbols, local, table)
 
     def finish(self) -> bytes:
         return self.enc.flush()
@@ -210,3 +218,22 @@ class StreamReader:
 
     def y(self, indexes: np.ndarray) -> np.ndarray:
         return self._decode(indexes, self.tables.y)
+
+    def r(self, indexes: np.ndarray) -> np.ndarray:
+        """Residual symbols (int64), one per table index."""
+        local, table = _used_tables(indexes, self.tables.r)
+        return self._decode(local, table).astype(np.int64)
+
+
+def _used_tables(indexes: np.ndarray, table) -> tuple[np.ndarray, tuple[list, list, list]]:
+    """``indexes`` renumbered into the sub-table of the tables they use.
+
+    The coder converts every table it is handed on every call; residual passes use a few
+    of the tables each, so handing over only those keeps a call cheap.
+    """
+    idx = np.asarray(indexes, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
+        raise ValueError("entropy table index out of range")
+    used, local = np.unique(idx, return_inverse=True)
+    cdfs, lengths, offsets = table
+    return local.reshape(idx.shape), tuple([part[i] for i in used.tolist()] for part in (cdfs, lengths, offsets))

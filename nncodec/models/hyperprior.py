@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
 from torch import nn
+
+from .._compressai import GDN, EntropyBottleneck, GaussianConditional
 
 SCALES_MIN = 0.11
 SCALES_MAX = 256.0

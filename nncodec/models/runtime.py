@@ -96,7 +96,13 @@ class Runtime:
         if dtype == torch.float64:
             g_s = _double_synthesis(self.net)
             y_hat = y_hat.double()
-        x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
+        # oneDNN splits a convolution's sums differently for 1 and 2 threads; PyTorch's own
+        # kernels compute each tile alone, so a chunk decodes to the same values whatever
+        # the thread count or batch size. On CUDA: deterministic cuDNN kernels, no TF32.
+        with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(
+            enabled=True, benchmark=False, deterministic=True, allow_tf32=False
+        ):
+            x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
         return x.cpu().numpy()
 
 
