@@ -32,11 +32,10 @@ from . import format as fmt
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
-from .residual import lorenzo_forward, lorenzo_inverse, quantisation_step, reconstruct
+from .residual import PREDICTORS, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
 _HAS_RESIDUAL = 0x80  # NETWORK | this flag: a residual follows the network
-_LORENZO = 0x80  # in the residual byte: symbols are Lorenzo differences
 DEFAULT_QUALITY = 4
 # values per network batch (env NNCODEC_BATCH_VALUES): bounds the peak memory of a chunk
 DEFAULT_BATCH_VALUES = 1 << 20
@@ -53,7 +52,7 @@ class _Tile:
     scale: np.float32 = np.float32(0)
     quality: int = 0
     value: object = None
-    residual: tuple | None = None  # (lorenzo, table index, symbols)
+    residual: ResidualCode | None = None
     exceptions: tuple = ((), ())
     z: np.ndarray | None = None
     y: np.ndarray | None = None
@@ -359,21 +358,17 @@ def _search_levels(top: int) -> list[int]:
 
 
 def _residual_bits(t, slices, fin, pred, step, tables):
-    """(symbols, bits, lorenzo?, table index) of the cheaper residual coding of a tile."""
+    """(code, estimated bits) of the cheaper residual predictor for a tile; (None, inf) if none fits."""
     v = slices[t.slice, t.rows, t.cols].astype(np.float64)
     finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
     if step == 0:
-        return None, np.inf, False, 0
-    k = np.where(finite, np.rint((np.where(finite, v, 0.0) - pred) / step), 0.0)
-    if np.abs(k).max(initial=0) >= 2**30:
-        return None, np.inf, False, 0
-    k = k.astype(np.int64)
-    options = []
-    for lor in (False, True):
-        s = lorenzo_forward(k) if lor else k
-        idx, bits = tables.best_residual_index(s)
-        options.append((s, bits + 8, lor, idx))
-    return min(options, key=lambda o: o[1])
+        return None, np.inf
+    y = np.where(finite, (np.where(finite, v, 0.0) - pred) / step, 0.0)
+    # around a constant only interpolation can pay; around the network either may
+    names = ("cubic",) if np.ptp(pred) == 0 else ("none", "cubic")
+    codes = [c for c in (encode_residual(y, finite, PREDICTORS[n], tables) for n in names) if c is not None]
+    best = min(codes, key=lambda c: c.bits, default=None)
+    return best, np.inf if best is None else best.bits + 8
 
 
 def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
@@ -383,16 +378,15 @@ def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
     v = slices[t.slice, t.rows, t.cols]
     finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
     pred = _prediction(t, rt, torch.float64)
-    sym, _, lor, idx = _residual_bits(t, slices, fin, pred, step, rt.tables)
-    if sym is None:
+    code, _ = _residual_bits(t, slices, fin, pred, step, rt.tables)
+    if code is None:
         t.kind, t.residual, t.extra["values"] = RAW, None, v
         return
-    k = lorenzo_inverse(sym) if lor else sym
-    out = reconstruct(pred, k, step, dtype)
+    out = reconstruct(pred, code.k, step, dtype)
     err = np.abs(out.astype(np.float64) - v.astype(np.float64))
     bound = step / 2 if dtype.kind == "f" else np.floor(step / 2)
     bad = np.flatnonzero((err > bound) & finite)
-    t.residual = (lor, idx, sym)
+    t.residual = code
     t.exceptions = (bad, v.reshape(-1)[bad])
 
 
@@ -421,8 +415,7 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
             if t.kind == NETWORK:
                 out.append(t.quality)
             if t.residual is not None:
-                lor, idx, _ = t.residual
-                out.append((_LORENZO if lor else 0) | idx)
+                out.append(t.residual.predictor)
                 pos, vals = t.exceptions
                 fmt.put_varint(out, len(pos))
                 prev = 0
@@ -442,7 +435,7 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
                 w.y(t.y, t.idx)
         for t in coded:
             if t.residual is not None:
-                w.y(t.residual[2], np.int32(t.residual[1]))
+                w.r(t.residual.symbols, t.residual.indexes)
         out += w.finish()
     return bytes(out)
 
@@ -475,8 +468,12 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
                 if t.kind == RESIDUAL or kind & _HAS_RESIDUAL:
                     if header.step is None:
                         raise CorruptStreamError("nncodec tile has a residual but the chunk has no step")
-                    rb = r.u8()
-                    t.residual = (bool(rb & _LORENZO), rb & 0x7F, None)
+                    predictor = r.u8()
+                    if predictor not in PREDICTORS.values():
+                        raise CorruptStreamError(
+                            f"nncodec residual predictor {predictor} is unknown; the chunk is damaged"
+                        )
+                    t.residual = ResidualCode(predictor)
                     n_exc = r.varint()
                     pos, prev = [], 0
                     for _ in range(n_exc):
@@ -494,7 +491,8 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     rt = None
     if coded:
         rt = _decoder_runtime(header, device, model, CODES, USER_WEIGHTS_CODE)
-        _decode_stream(rt, coded, bytes(r.rest()))
+        tile_finite = finite.reshape(slices.shape) if finite is not None else None
+        _decode_stream(rt, coded, bytes(r.rest()), tile_finite)
     for t in tiles:
         target = slices[t.slice, t.rows, t.cols]
         if t.kind == EMPTY:
@@ -507,9 +505,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
             import torch
 
             pred = _prediction(t, rt, torch.float64)
-            sym = t.residual[2]
-            k = lorenzo_inverse(sym) if t.residual[0] else sym
-            flat = reconstruct(pred, k, header.step, dtype).reshape(-1)
+            flat = reconstruct(pred, t.residual.k, header.step, dtype).reshape(-1)
             pos, vals = t.exceptions
             if len(pos) and pos.max() >= flat.size:
                 raise CorruptStreamError("nncodec exception list points outside its tile; the chunk is damaged")
@@ -549,7 +545,7 @@ def _decoder_runtime(header, device, model, codes, user_code):
     return rt
 
 
-def _decode_stream(rt, coded, data: bytes) -> None:
+def _decode_stream(rt, coded, data: bytes, finite) -> None:
     from .entropy import StreamReader
 
     reader = StreamReader(rt.tables, data)
@@ -570,8 +566,9 @@ def _decode_stream(rt, coded, data: bytes) -> None:
         t.y = reader.y(t.idx)
     for t in coded:
         if t.residual is not None:
-            lor, idx, _ = t.residual
-            t.residual = (lor, idx, reader.y(np.full(t.shape, idx, dtype=np.int32)).astype(np.int64))
+            # non-finite positions carry no residual symbols: the mask is known before the stream
+            fin = finite[t.slice, t.rows, t.cols] if finite is not None else np.ones(t.shape, bool)
+            t.residual.k = decode_residual(reader.r, t.shape, fin, t.residual.predictor)
 
 
 def _synthesise_plain(rt, tiles, slices, dtype) -> None:
