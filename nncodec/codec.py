@@ -320,36 +320,48 @@ def _normalised(t: _Tile, slices, fin) -> np.ndarray:
 
 
 def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype) -> None:
-    """Analyse network tiles in batches; pick levels (and residual use) per tile."""
+    """Analyse network tiles in batches; pick levels (and residual use) per tile.
+
+    In error-bounded modes a tile keeps the network only where network bits plus residual
+    bits beat the residual layer alone. The network's own bits are a lower bound of that
+    total, so levels whose latents alone cost more than the best so far are never
+    synthesised: on most fields the residual layer alone wins and the search is cheap.
+    """
     tables = rt.tables
     for shape, group in _groups(tiles):
         x = np.stack([_normalised(t, slices, fin) for t in group])[:, None]
         y = rt.analyse(x)
-        levels = [quality] if quality else [DEFAULT_QUALITY] if bound is None else _search_levels(rt.qualities)
-        best = [None] * len(group)
-        for q in levels:
+        if bound is None:
+            q = quality or DEFAULT_QUALITY
             sym = rt.quantise(y, q)
-            recon = rt.synthesise(sym["y"], q, shape) if bound is not None else None
             for i, t in enumerate(group):
-                cand = {"q": q, "z": sym["z"][i], "y": sym["y"][i], "idx": sym["idx"][i]}
-                if recon is None:
-                    best[i] = cand
-                    continue
-                net_bits = tables.symbol_bits("z", cand["z"], np.arange(cand["z"].shape[0])[:, None, None]).sum() \
-                    + tables.symbol_bits("y", cand["y"], cand["idx"]).sum()
-                pred = recon[i].astype(np.float64) * float(t.scale) + float(t.offset)
-                cand["bits"] = net_bits + _residual_bits(t, slices, fin, pred, step, tables)[1]
-                if best[i] is None or cand["bits"] < best[i]["bits"]:
-                    best[i] = cand
-        for i, t in enumerate(group):
-            c = best[i]
-            if bound is not None:
-                # the residual layer alone, around the tile's minimum, may beat the network
-                alone = _residual_bits(t, slices, fin, np.full(t.shape, float(t.offset)), step, tables)[1]
-                if alone <= c["bits"]:
-                    t.kind = RESIDUAL
-                    continue
-            t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
+                t.quality, t.z, t.y, t.idx = q, sym["z"][i], sym["y"][i], sym["idx"][i]
+            continue
+        # the residual layer alone, around the tile's minimum, is the bar to beat
+        best = [{"bits": _residual_bits(t, slices, fin, np.full(t.shape, float(t.offset)), step, tables)[1]}
+                for t in group]
+        for q in [quality] if quality else _search_levels(rt.qualities):
+            sym = rt.quantise(y, q)
+            net_bits = [
+                tables.symbol_bits("z", sym["z"][i], np.arange(sym["z"].shape[1])[:, None, None]).sum()
+                + tables.symbol_bits("y", sym["y"][i], sym["idx"][i]).sum()
+                for i in range(len(group))
+            ]
+            open_ = [i for i in range(len(group)) if net_bits[i] < best[i]["bits"]]
+            if not open_:
+                continue
+            recon = rt.synthesise(sym["y"][open_], q, shape, reproducible=False)
+            for j, i in enumerate(open_):
+                t = group[i]
+                pred = recon[j].astype(np.float64) * float(t.scale) + float(t.offset)
+                bits = net_bits[i] + _residual_bits(t, slices, fin, pred, step, tables)[1]
+                if bits < best[i]["bits"]:
+                    best[i] = {"bits": bits, "q": q, "z": sym["z"][i], "y": sym["y"][i], "idx": sym["idx"][i]}
+        for t, c in zip(group, best):
+            if "q" not in c:
+                t.kind = RESIDUAL
+            else:
+                t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
 
 
 def _search_levels(top: int) -> list[int]:

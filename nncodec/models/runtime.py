@@ -6,6 +6,9 @@ one shape, so a GPU sees few large transfers rather than one per tile.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 import torch
 
@@ -84,11 +87,14 @@ class Runtime:
         return self.int_hs.indexes(z_hat, y_shape)
 
     @torch.inference_mode()
-    def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32) -> np.ndarray:
+    def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
+                   reproducible: bool = True) -> np.ndarray:
         """Normalised reconstruction (B, h, w) from latent symbols at quality ``q``.
 
         ``dtype=torch.float64`` runs the synthesis in double precision (used by the
         error-bound layer so that devices agree far inside its safety margin).
+        ``reproducible=False`` allows the fastest kernels, whose last bits depend on the
+        thread count: for the encoder's search, never for values a decoder returns.
         """
         gain = self.gains[q - 1].view(1, -1, 1, 1)
         y_hat = torch.from_numpy(y_sym).to(self.device, torch.float32) / gain
@@ -99,11 +105,22 @@ class Runtime:
         # oneDNN splits a convolution's sums differently for 1 and 2 threads; PyTorch's own
         # kernels compute each tile alone, so a chunk decodes to the same values whatever
         # the thread count or batch size. On CUDA: deterministic cuDNN kernels, no TF32.
+        if not reproducible:
+            return g_s(y_hat)[:, 0, : shape[0], : shape[1]].cpu().numpy()
+        with _reproducible_kernels():
+            x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
+        return x.cpu().numpy()
+
+
+@contextlib.contextmanager
+def _reproducible_kernels():
+    with warnings.catch_warnings():
+        # switching oneDNN off makes torch mention Intel-GPU TF32, which does not concern us
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
         with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(
             enabled=True, benchmark=False, deterministic=True, allow_tf32=False
         ):
-            x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
-        return x.cpu().numpy()
+            yield
 
 
 def _double_synthesis(net: FieldHyperprior) -> torch.nn.Module:
