@@ -31,7 +31,7 @@ DEFAULT_MODEL = "hyperprior-climate-v1"
 
 # id -> (stable code written in every chunk, sha256 of the weights file). Never renumber.
 REGISTRY: dict[str, tuple[int, str]] = {
-    "hyperprior-climate-v1": (1, "27c3b93a6ed70abe96fb6f7ef291a06d1ae2226a9ee3a39604a661873273897a"),
+    "hyperprior-climate-v1": (1, "d4f0ac268defc5d2dfaf242ab33f2c88a9ec6002e20793dac83e41bfa4e00879"),
 }
 CODES = {code: model_id for model_id, (code, _) in REGISTRY.items()}
 USER_WEIGHTS_CODE = 0
