@@ -1,0 +1,40 @@
+"""Back-compatibility: committed chunks of every released format version still decode to
+exactly what they decoded to when written. A missing fixture is a failure, never a skip
+or a silent re-creation (regenerate only with tests/fixtures/make_fixtures.py)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncodec import NNCodec, format as fmt
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+EXPECTED_CASES = {
+    1: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
+        "all_nan_f4", "small_5d_rel"},
+}
+
+
+def test_every_supported_version_has_fixtures():
+    assert set(EXPECTED_CASES) == set(fmt.SUPPORTED_VERSIONS)
+    for version, names in EXPECTED_CASES.items():
+        folder = FIXTURES / f"v{version}"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert set(manifest) == names
+        for name in names:
+            assert (folder / f"{name}.bin").is_file(), f"fixture {folder / name}.bin is missing"
+            assert (folder / f"{name}.npy").is_file(), f"fixture {folder / name}.npy is missing"
+
+
+@pytest.mark.parametrize("version, name", [(v, n) for v, names in EXPECTED_CASES.items() for n in sorted(names)])
+def test_fixture_decodes_exactly(version, name):
+    folder = FIXTURES / f"v{version}"
+    buf = (folder / f"{name}.bin").read_bytes()
+    expected = np.load(folder / f"{name}.npy")
+    assert fmt.read_header(buf).version == version
+    out = NNCodec().decode(buf)
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    assert out.flags.f_contiguous == expected.flags.f_contiguous
+    np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), expected.view(f"u{expected.itemsize}"))
