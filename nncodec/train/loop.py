@@ -101,7 +101,11 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     t0 = time.time()
     train_tiles, val_tiles = load_tiles(sources, tile=cfg.tile, val_fraction=cfg.val_fraction)
     log(f"{len(train_tiles)} training tiles, {len(val_tiles)} validation tiles ({time.time() - t0:.1f} s)")
+    if not train_tiles:
+        raise ValueError("no training tiles: every slice is constant, missing, or in the validation split")
     sampler = CropSampler(train_tiles, seed=cfg.seed)
+    # crops never exceed the largest tile (small grids such as 37 x 49 stay trainable)
+    largest = max(min(t.shape) for t, _, _ in train_tiles)
 
     model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
     device = torch.device(cfg.device)
@@ -145,6 +149,7 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
         base = cfg.crop_late if late else cfg.crop
         # odd sizes now and then: real chunks are rarely multiples of 16
         size = base if sampler.rng.random() < 0.75 else int(sampler.rng.integers(base // 2, base + 1))
+        size = min(size, largest)
         batch = cfg.batch if not late else max(2, cfg.batch * cfg.crop**2 // cfg.crop_late**2)
         x, m = sampler.batch(size, batch)
         x, m = torch.from_numpy(x).to(device), torch.from_numpy(m.astype(np.float32)).to(device)

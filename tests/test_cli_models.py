@@ -1,0 +1,41 @@
+"""The model-side subcommands: models, train (with export) and bench, through main()."""
+
+import json
+
+import numpy as np
+
+from nncodec.cli import main
+
+from conftest import load_field
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    shipped = models[0]
+    assert shipped["id"] == "hyperprior-climate-v1" and shipped["qualities"] == 8
+    assert shipped["size_bytes"] < 8e6
+    assert set(shipped["validation"]) == {f"q{q}" for q in range(1, 9)}
+
+
+def test_train_exports_usable_weights(tmp_path, capsys):
+    data = tmp_path / "tas.npz"
+    np.savez(data, tas=load_field("iris_hadcm3_north_america_tas_A1B.npz", "tas_A1B")[:30])
+    out = tmp_path / "run"
+    args = ["train", f"{data}:tas", "--out", str(out), "--steps", "6", "--batch", "2", "--crop", "32",
+            "--lambda", "100", "--lambda", "1000", "--id", "mine"]
+    assert main(args) == 0
+    assert "NNCodec(model=" in capsys.readouterr().out
+    card = json.loads((out / "mine.json").read_text())
+    assert card["training"]["steps_done"] == 6 and set(card["validation"]) == {"q1", "q2"}
+
+
+def test_bench_one_baseline(tmp_path):
+    data = tmp_path / "f.npz"
+    np.savez(data, tas=load_field("iris_hadcm3_north_america_tas_A1B.npz", "tas_A1B")[-1:])
+    out = tmp_path / "bench"
+    assert main(["bench", str(data), "--var", "tas", "--out", str(out), "--quality", "2",
+                 "--baseline", "sz3", "--max-slices", "1", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    codecs = {p["codec"] for v in results["variables"] for p in v["points"]}
+    assert codecs == {"nncodec", "sz3"}
