@@ -47,7 +47,8 @@ def tile_offset_scale(values: np.ndarray, finite: np.ndarray) -> tuple[np.float3
     hi = np.float64(v.max())
     offset = np.float32(lo)
     # float32 rounding of the offset may move it above the minimum; the range then covers both
-    scale = np.float32(hi - np.float64(offset))
+    with np.errstate(over="ignore"):  # an overflow to inf is reported just below
+        scale = np.float32(hi - np.float64(offset))
     if np.float64(offset) + np.float64(scale) < hi:
         scale = np.nextafter(scale, np.float32(np.inf))
     if not np.isfinite(scale):

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh "test,hpc"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
-bash tests/compat/setup_env.sh
+PYTHON=.venv/bin/python bash tests/compat/setup_env.sh
