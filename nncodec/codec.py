@@ -22,7 +22,7 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numcodecs.abc import Codec
@@ -57,8 +57,7 @@ class _Tile:
     z: np.ndarray | None = None
     y: np.ndarray | None = None
     idx: np.ndarray | None = None
-    raw: bytes = b""
-    extra: dict = field(default_factory=dict)
+    raw: np.ndarray | None = None  # the values of a RAW tile, stored losslessly
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -291,11 +290,11 @@ def _plan_tile(t: _Tile, slices: np.ndarray, fin) -> _Tile:
     try:
         t.offset, t.scale = tile_offset_scale(v, finite)
     except OverflowError:
-        t.kind, t.extra["values"] = RAW, v
+        t.kind, t.raw = RAW, v
         return t
     if t.scale == 0:
         # equal values with different bits (0.0 next to -0.0): only an exact copy keeps them
-        t.kind, t.extra["values"] = RAW, v
+        t.kind, t.raw = RAW, v
         return t
     t.kind = NETWORK
     return t
@@ -392,7 +391,7 @@ def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
     pred = _prediction(t, rt, torch.float64)
     code, _ = _residual_bits(t, slices, fin, pred, step, rt.tables)
     if code is None:
-        t.kind, t.residual, t.extra["values"] = RAW, None, v
+        t.kind, t.residual, t.raw = RAW, None, v
         return
     out = reconstruct(pred, code.k, step, dtype)
     err = np.abs(out.astype(np.float64) - v.astype(np.float64))
@@ -419,7 +418,7 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
         if t.kind == CONSTANT:
             out += np.asarray(t.value, dtype=dtype).tobytes()
         elif t.kind == RAW:
-            raw = zlib.compress(np.ascontiguousarray(t.extra["values"]).tobytes(), 6)
+            raw = zlib.compress(np.ascontiguousarray(t.raw).tobytes(), 6)
             fmt.put_varint(out, len(raw))
             out += raw
         elif t.kind in (NETWORK, RESIDUAL):
@@ -454,8 +453,6 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
 
 # -- decoding ----------------------------------------------------------------------------
 def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
-    from .weights import CODES, USER_WEIGHTS_CODE
-
     dtype = header.dtype
     shape = header.shape
     if len(shape) < 2:
@@ -472,7 +469,8 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
             if t.kind == CONSTANT:
                 t.value = np.frombuffer(r.take(dtype.itemsize), dtype=dtype)[0]
             elif t.kind == RAW:
-                t.raw = zlib.decompress(bytes(r.take(r.varint())))
+                raw = zlib.decompress(bytes(r.take(r.varint())))
+                t.raw = np.frombuffer(raw, dtype=dtype).reshape(t.shape)
             elif t.kind in (NETWORK, RESIDUAL):
                 t.offset, t.scale = r.f32(), r.f32()
                 if t.kind == NETWORK:
@@ -502,7 +500,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     rt = None
     if coded:
-        rt = _decoder_runtime(header, device, model, CODES, USER_WEIGHTS_CODE)
+        rt = _decoder_runtime(header, device, model)
         tile_finite = finite.reshape(slices.shape) if finite is not None else None
         _decode_stream(rt, coded, bytes(r.rest()), tile_finite)
     for t in tiles:
@@ -512,7 +510,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
         elif t.kind == CONSTANT:
             target[...] = t.value
         elif t.kind == RAW:
-            target[...] = np.frombuffer(t.raw, dtype=dtype).reshape(t.shape)
+            target[...] = t.raw
         elif t.residual is not None:
             import torch
 
@@ -532,10 +530,10 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     return out
 
 
-def _decoder_runtime(header, device, model, codes, user_code):
-    from .weights import load
+def _decoder_runtime(header, device, model):
+    from .weights import CODES, USER_WEIGHTS_CODE, load
 
-    if header.model_code == user_code:
+    if header.model_code == USER_WEIGHTS_CODE:
         if model is None:
             raise ModelError(
                 "this chunk was written with a user's own weights file (sha256 prefix "
@@ -543,12 +541,12 @@ def _decoder_runtime(header, device, model, codes, user_code):
             )
         rt = load(model, device)
     else:
-        if header.model_code not in codes:
+        if header.model_code not in CODES:
             raise ModelError(
                 f"this chunk names model code {header.model_code}, which this nncodec does not ship: "
                 "upgrade nncodec (pip install -U nncodec)"
             )
-        rt = load(codes[header.model_code], device)
+        rt = load(CODES[header.model_code], device)
     if rt.ref.sha_prefix != header.weights_sha:
         raise ModelError(
             f"this chunk was written with weights whose sha256 starts {header.weights_sha.hex()}, but "
