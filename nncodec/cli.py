@@ -205,6 +205,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, export_weights, parse_source, train
 
     sources = [parse_source(s) for s in args.sources]
+    if args.init and args.lambdas:
+        raise SystemExit("--lambda and --init exclude each other: a fine-tuned model keeps its parent's quality levels")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, crop_late=2 * args.crop, lr=args.lr,
                       threads=args.threads, val_fraction=args.val_fraction, max_minutes=args.minutes,
                       device=args.device, **({"lambdas": args.lambdas} if args.lambdas else {}))

@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from nncodec import NNCodec, format as fmt
 from nncodec.errors import ModelError
+from nncodec.weights import load_model_state
 from nncodec.train import Source, TrainConfig, export_weights, train
 from nncodec.train.loop import slim_checkpoint
 
@@ -56,9 +58,15 @@ def test_train_resume_export_use(tmp_path, archive):
 
 def test_fine_tune_from_shipped_and_slim_resume(tmp_path, archive):
     lines = []
-    cfg = TrainConfig(steps=5, batch=2, crop=32, crop_late=32, log_every=5, checkpoint_every=5)
+    cfg = TrainConfig(steps=5, batch=2, crop=32, crop_late=32, log_every=5, checkpoint_every=5, lr=1e-9, lr_min=1e-9)
     ckpt = train([archive], tmp_path / "ft", cfg, init="hyperprior-climate-v1", log=lines.append)
     assert any("initialised from hyperprior-climate-v1" in line for line in lines)
+    # a near-zero learning rate leaves the run where the shipped model is
+    shipped = load_model_state("hyperprior-climate-v1")
+    tuned = torch.load(ckpt, weights_only=False)
+    assert tuned["config"]["lambdas"] == shipped["config"]["lambdas"]
+    for key in ("g_a.0.weight", "g_s.6.weight", "h_s.4.bias", "log_gain"):
+        torch.testing.assert_close(tuned["model"][key], shipped["state_dict"][key], atol=1e-6, rtol=0)
     slim_checkpoint(ckpt, tmp_path / "ft" / "checkpoint.pt")
     cfg.steps = 8
     train([archive], tmp_path / "ft", cfg, resume=True, log=lines.append)

@@ -45,6 +45,10 @@ class TrainConfig:
     max_minutes: float | None = None
 
 
+#: Entropy-model buffers that ``update()`` recomputes; a fine-tuning run starts without them.
+_CDF_BUFFERS = {"_offset", "_quantized_cdf", "_cdf_length", "scale_table"}
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     warm = 500
     if step < warm:
@@ -107,14 +111,24 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     # crops never exceed the largest tile (small grids such as 37 x 49 stay trainable)
     largest = max(min(t.shape) for t, _, _ in train_tiles)
 
-    model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
-    device = torch.device(cfg.device)
+    init_weights = None
     if init is not None and state is None:
         from ..weights import load_model_state
 
-        init_state = load_model_state(init)
-        model.load_state_dict(init_state, strict=False)
-        log(f"initialised from {init}")
+        init_weights = load_model_state(init)
+        # a fine-tuned model keeps its parent's architecture and quality levels
+        init_cfg = dict(init_weights["config"])
+        cfg.lambdas = init_cfg.pop("lambdas")
+        cfg.arch = init_cfg
+    model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
+    device = torch.device(cfg.device)
+    if init_weights is not None:
+        # the CDF tables are rebuilt at export; everything trainable must match exactly
+        trainable = {k: v for k, v in init_weights["state_dict"].items() if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS}
+        missing, unexpected = model.load_state_dict(trainable, strict=False)
+        if unexpected or [k for k in missing if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS]:
+            raise ValueError(f"{init} does not fit the FieldHyperprior architecture (missing {missing}, unexpected {unexpected})")
+        log(f"initialised from {init} ({len(trainable)} tensors; lambdas {cfg.lambdas})")
     params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
