@@ -191,6 +191,8 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this long; --resume continues")
     parser.add_argument("--lambda", dest="lambdas", type=float, action="append", metavar="L",
                         help="rate-distortion lambda of a quality level (repeat; default the shipped family's 8)")
+    parser.add_argument("--target-bpp", type=float, metavar="B",
+                        help="train one quality level, steering its lambda until training runs at B bits per value")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64, help="crop edge (the last 20 %% of steps use 2x)")
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -205,11 +207,11 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, export_weights, parse_source, train
 
     sources = [parse_source(s) for s in args.sources]
-    if args.init and args.lambdas:
-        raise SystemExit("--lambda and --init exclude each other: a fine-tuned model keeps its parent's quality levels")
+    if args.init and (args.lambdas or args.target_bpp):
+        raise SystemExit("--init excludes --lambda and --target-bpp: a fine-tuned model keeps its parent's quality levels")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, crop_late=2 * args.crop, lr=args.lr,
                       threads=args.threads, val_fraction=args.val_fraction, max_minutes=args.minutes,
-                      device=args.device, **({"lambdas": args.lambdas} if args.lambdas else {}))
+                      device=args.device, target_bpp=args.target_bpp, **({"lambdas": args.lambdas} if args.lambdas else {}))
     ckpt = train(sources, args.out, cfg, init=args.init, resume=args.resume)
     import torch
 

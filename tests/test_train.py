@@ -76,3 +76,44 @@ def test_fine_tune_from_shipped_and_slim_resume(tmp_path, archive):
 def test_bad_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train([Source(str(tmp_path / "nope.npz"), [])], tmp_path / "r", tiny())
+
+
+def test_tiles_are_read_lazily_from_zarr(tmp_path):
+    """A Zarr source stays a dask array; only the pool's tiles are ever in memory."""
+    import dask.array as da
+    import xarray as xr
+
+    from nncodec.train.data import CropSampler, TileSource
+
+    sst = load_field("ferret_levitus_ocean_temp.npz", "temp")[:8, 40:120, :160]  # NaN over land
+    store = tmp_path / "sst.zarr"
+    xr.Dataset({"sst": (("depth", "lat", "lon"), sst)}).chunk({"depth": 1}).to_zarr(store, consolidated=False)
+    source = TileSource([Source(str(store), ["sst"])], tile=64, val_fraction=0.25)
+    (var,) = source.variables
+    assert isinstance(var.array, da.Array)
+    assert var.n_train == sst.shape[0] - round(sst.shape[0] * 0.25)
+    sampler = CropSampler(source, pool=16)
+    assert len(sampler.tiles) == 16 and sum(t.nbytes for t, _ in sampler.tiles) <= 16 * 64 * 64 * 4
+    x, m = sampler.batch(32, 4)
+    assert x.shape == (4, 1, 32, 32) and np.isfinite(x).all() and m.dtype == bool
+    assert not m.all()  # land is masked out of the loss, not filled into it
+    val = source.validation_tiles(8)
+    assert val and all(np.isfinite(t).all() for t, _ in val)
+    ckpt = train([Source(str(store), ["sst"])], tmp_path / "run", tiny(steps=4))
+    assert ckpt.exists()
+
+
+@pytest.mark.parametrize("target, direction", [(0.02, -1), (6.0, 1)])
+def test_target_bpp_steers_lambda(tmp_path, archive, target, direction):
+    """Below the target rate lambda rises (more bits for quality); above it, it falls."""
+    cfg = tiny(steps=60, target_bpp=target)
+    ckpt = train([archive], tmp_path / "run", cfg)
+    saved = torch.load(ckpt, weights_only=False)
+    (lam,) = saved["config"]["lambdas"]
+    assert float(saved["model"]["lambdas"][0]) == pytest.approx(lam)
+    assert np.sign(lam - 5000.0) == direction and abs(np.log(lam / 5000.0)) > 0.2
+
+
+def test_target_bpp_refuses_init(tmp_path, archive):
+    with pytest.raises(ValueError, match="does not combine with init"):
+        train([archive], tmp_path / "r", tiny(target_bpp=1.0), init="hyperprior-climate-v1")

@@ -51,57 +51,120 @@ def _open_variables(src: Source) -> dict[str, object]:
     return {n: ds[n].data for n in names}
 
 
-def load_tiles(sources, tile: int = DEFAULT_TILE, val_fraction: float = 0.15, max_slices: int | None = None):
-    """Return (train_tiles, val_tiles): lists of (normalised float32 tile, finite mask, weight).
+@dataclass
+class _Variable:
+    """One training variable: a lazy array and where its codec tiles are."""
 
-    Every 2D slice is tiled and normalised with the codec's own functions; constant and
-    all-missing tiles are dropped (the codec never sends them through the network).
+    array: object
+    lead: tuple[int, ...]
+    n_train: int  # slices of the first axis before the validation split
+    tiles: list[tuple[slice, slice]]
+    areas: np.ndarray
+
+    def slice_count(self, train: bool) -> int:
+        rest = int(np.prod(self.lead[1:]))
+        return (self.n_train if train else self.lead[0] - self.n_train) * rest
+
+    def read(self, train: bool, i: int, k: int) -> np.ndarray:
+        """Tile ``k`` of the ``i``-th training (or validation) 2D slice, as float64."""
+        if self.lead:
+            first, inner = divmod(i, int(np.prod(self.lead[1:])))
+            idx = (first + (0 if train else self.n_train), *np.unravel_index(inner, self.lead[1:]))
+        else:
+            idx = ()
+        rs, cs = self.tiles[k]
+        return np.asarray(self.array[idx + (rs, cs)], dtype=np.float64)
+
+
+class TileSource:
+    """Codec tiles of the training sources, read lazily and normalised like the codec.
+
+    Only shapes are read up front. A tile (at most ``tile`` x ``tile`` values of one 2D
+    slice) is read when it is drawn, so an archive larger than memory trains with the
+    memory of :class:`CropSampler`'s pool. The last ``val_fraction`` of each variable's
+    first axis (time, member) is the validation split; 2D variables train whole.
+    Each variable weighs by the square root of its size, so one huge field (global
+    relief) does not drown thirty small ones.
     """
-    train, val = [], []
-    for src in sources:
-        for name, arr in _open_variables(src).items():
-            if arr.ndim < 2:
-                continue
-            # each variable weighs by the square root of its size, so one huge field
-            # (global relief) does not drown thirty small ones
-            weight = 1.0 / np.sqrt(float(np.prod(arr.shape)))
-            lead = tuple(arr.shape[:-2]) or (1,)
-            n_first = lead[0]
-            n_val = int(round(n_first * val_fraction)) if n_first > 1 else 0
-            count = int(np.prod(lead))
-            step = max(1, count // max_slices) if max_slices else 1
-            for i in range(0, count, step):
-                idx = np.unravel_index(i, lead)
-                slice2d = np.asarray(arr[idx] if arr.ndim > 2 else arr, dtype=np.float64)
-                first = idx[0]
-                target = val if first >= n_first - n_val else train
-                for rs, cs in tiles_2d(slice2d.shape, tile):
-                    t = slice2d[rs, cs]
-                    finite = np.isfinite(t)
-                    offset, scale = tile_offset_scale(t, finite)
-                    if scale <= 0 or finite.mean() < 0.05:
-                        continue
-                    target.append((normalise_tile(t, finite, offset, scale), finite, weight))
-    return train, val
+
+    def __init__(self, sources, tile: int = DEFAULT_TILE, val_fraction: float = 0.15):
+        self.variables: list[_Variable] = []
+        for src in sources:
+            for arr in _open_variables(src).values():
+                if arr.ndim < 2:
+                    continue
+                lead = tuple(arr.shape[:-2])
+                n_first = lead[0] if lead else 1
+                n_val = int(round(n_first * val_fraction)) if n_first > 1 else 0
+                tiles = tiles_2d(arr.shape[-2:], tile)
+                areas = np.array([(r.stop - r.start) * (c.stop - c.start) for r, c in tiles], dtype=np.float64)
+                self.variables.append(_Variable(arr, lead, n_first - n_val, tiles, areas))
+        self.weights = np.array([np.sqrt(v.slice_count(True) * v.areas.sum()) for v in self.variables])
+        if not self.variables or self.weights.sum() == 0:
+            raise ValueError("no training slices: every variable is too small or in the validation split")
+
+    def largest_edge(self) -> int:
+        """The largest square crop some training tile holds."""
+        return max(min(r.stop - r.start, c.stop - c.start) for v in self.variables for r, c in v.tiles)
+
+    @staticmethod
+    def _normalised(t: np.ndarray):
+        """(normalised float32 tile, finite mask), or None for tiles the codec never models."""
+        finite = np.isfinite(t)
+        offset, scale = tile_offset_scale(t, finite)
+        if scale <= 0 or finite.mean() < 0.05:
+            return None  # constant or nearly all missing: sent without the network
+        return normalise_tile(t, finite, offset, scale), finite
+
+    def draw(self, rng: np.random.Generator, tries: int = 64):
+        """A random training tile (normalised, mask), area-weighted, read now."""
+        for _ in range(tries):
+            v = self.variables[rng.choice(len(self.variables), p=self.weights / self.weights.sum())]
+            k = rng.choice(len(v.tiles), p=v.areas / v.areas.sum())
+            got = self._normalised(v.read(True, int(rng.integers(v.slice_count(True))), int(k)))
+            if got is not None:
+                return got
+        raise ValueError(f"{tries} random training tiles in a row were constant or missing: check the variables")
+
+    def validation_tiles(self, count: int = 48) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Up to ``count`` validation tiles spread evenly over each variable's held-out slices."""
+        out = []
+        per_var = max(1, count // max(1, len(self.variables)))
+        for v in self.variables:
+            n = v.slice_count(False) * len(v.tiles)
+            for j in np.linspace(0, n - 1, min(per_var, n)).astype(int) if n else []:
+                got = self._normalised(v.read(False, *divmod(int(j), len(v.tiles))))
+                if got is not None:
+                    out.append(got)
+        return out
 
 
 class CropSampler:
-    """Random square crops from a list of tiles, all crops of a batch the same size."""
+    """Random square crops from a pool of tiles that is refreshed from a :class:`TileSource`.
 
-    def __init__(self, tiles, seed: int = 0):
-        self.tiles = tiles
+    The pool holds ``pool`` tiles (256 tiles of 256 x 256: about 85 MB); each batch
+    first replaces ``refresh`` random pool entries with newly read tiles, so over a run
+    the crops come from the whole archive while memory stays fixed.
+    """
+
+    def __init__(self, source: TileSource, seed: int = 0, pool: int = 256, refresh: int = 2):
+        self.source = source
         self.rng = np.random.default_rng(seed)
-        self.areas = np.array([t.shape[0] * t.shape[1] * w for t, _, w in tiles], dtype=np.float64)
+        self.refresh = refresh
+        self.tiles = [source.draw(self.rng) for _ in range(pool)]
 
     def batch(self, size: int, count: int):
-        fits = np.array([min(t.shape) >= size for t, _, _ in self.tiles])
+        for _ in range(self.refresh):
+            self.tiles[int(self.rng.integers(len(self.tiles)))] = self.source.draw(self.rng)
+        fits = np.array([min(t.shape) >= size for t, _ in self.tiles])
         if not fits.any():
             raise ValueError(f"no training tile is at least {size}x{size}")
-        p = np.where(fits, self.areas, 0.0)
+        areas = np.array([t.size for t, _ in self.tiles], dtype=np.float64)
+        p = np.where(fits, areas, 0.0)
         picks = self.rng.choice(len(self.tiles), size=count, p=p / p.sum())
         xs, ms = [], []
         for k in picks:
-            t, m, _ = self.tiles[k]
+            t, m = self.tiles[k]
             r = self.rng.integers(0, t.shape[0] - size + 1)
             c = self.rng.integers(0, t.shape[1] - size + 1)
             xt, mt = t[r : r + size, c : c + size], m[r : r + size, c : c + size]

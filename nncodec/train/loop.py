@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CropSampler, load_tiles
+from .data import CropSampler, TileSource
 
 
 @dataclass
@@ -43,6 +43,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 200
     max_minutes: float | None = None
+    #: Train one quality level and steer its lambda until the training bits per value
+    #: settle at this rate (``lambdas`` then holds one starting guess).
+    target_bpp: float | None = None
 
 
 #: Entropy-model buffers that ``update()`` recomputes; a fine-tuning run starts without them.
@@ -55,6 +58,15 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / warm
     t = min(1.0, (step - warm) / max(1, cfg.steps - warm))
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def steer_lambda(lam: float, bpv: float, target: float) -> float:
+    """One step of the target-rate controller: raise lambda when the rate is below target.
+
+    A larger lambda buys quality with bits. The multiplicative step is proportional to the
+    relative rate error and capped at 10 %, so noisy batch rates do not make it oscillate.
+    """
+    return lam * math.exp(max(-0.1, min(0.1, (target - bpv) / target)))
 
 
 def rd_loss(model, x, mask, q):
@@ -103,14 +115,21 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     torch.manual_seed(cfg.seed)
 
     t0 = time.time()
-    train_tiles, val_tiles = load_tiles(sources, tile=cfg.tile, val_fraction=cfg.val_fraction)
-    log(f"{len(train_tiles)} training tiles, {len(val_tiles)} validation tiles ({time.time() - t0:.1f} s)")
-    if not train_tiles:
-        raise ValueError("no training tiles: every slice is constant, missing, or in the validation split")
-    sampler = CropSampler(train_tiles, seed=cfg.seed)
+    tiles = TileSource(sources, tile=cfg.tile, val_fraction=cfg.val_fraction)
+    sampler = CropSampler(tiles, seed=cfg.seed)
+    val_tiles = tiles.validation_tiles()
+    log(f"{len(tiles.variables)} variables, {len(val_tiles)} validation tiles, "
+        f"{len(sampler.tiles)} tiles in the training pool ({time.time() - t0:.1f} s)")
     # crops never exceed the largest tile (small grids such as 37 x 49 stay trainable)
-    largest = max(min(t.shape) for t, _, _ in train_tiles)
+    largest = tiles.largest_edge()
 
+    if cfg.target_bpp is not None:
+        if cfg.target_bpp <= 0:
+            raise ValueError(f"target_bpp must be positive, got {cfg.target_bpp}")
+        if init is not None:
+            raise ValueError("target_bpp trains a new one-level model; it does not combine with init")
+        if len(cfg.lambdas) != 1:
+            cfg.lambdas = [5000.0]  # a starting guess: the controller moves it
     init_weights = None
     if init is not None and state is None:
         from ..weights import load_model_state
@@ -183,11 +202,16 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
         run_bpv += float(bpv.detach().mean())
         run_mse += float(mse.detach().mean())
         run_n += 1
+        if cfg.target_bpp is not None and step % 20 == 0:
+            with torch.no_grad():
+                model.lambdas[0] = steer_lambda(float(model.lambdas[0]), run_bpv / run_n, cfg.target_bpp)
+            cfg.lambdas = [float(model.lambdas[0])]  # the checkpoint and the card record the lambda reached
         if step % cfg.log_every == 0:
             rate = cfg.log_every / (time.time() - since)
             since = time.time()
             log(f"step {step}/{cfg.steps} loss {float(loss.detach()):.4f} bpv {run_bpv / run_n:.3f} "
-                f"psnr {10 * math.log10(1 / max(run_mse / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step):.2e} {rate:.1f} steps/s")
+                f"psnr {10 * math.log10(1 / max(run_mse / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step):.2e} {rate:.1f} steps/s"
+                + (f" lambda {cfg.lambdas[0]:.4g}" if cfg.target_bpp is not None else ""))
             run_bpv, run_mse, run_n = 0.0, 0.0, 0
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save()
@@ -211,7 +235,7 @@ def validate(model, val_tiles, max_tiles: int = 24) -> dict:
         for qi in range(len(model.config["lambdas"])):
             bits, n, se = 0.0, 0, 0.0
             for k in picks:
-                t, m, _ = val_tiles[k]
+                t, m = val_tiles[k]
                 dev = model.lambdas.device
                 x = torch.from_numpy(t)[None, None].to(dev)
                 mm = torch.from_numpy(m.astype(np.float32))[None, None].to(dev)
