@@ -62,6 +62,9 @@ def _add_compress(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--abs-error", type=float, help="every decoded value within this of the original")
     mode.add_argument("--rel-error", type=float, help="as --abs-error, times each chunk's value range")
     mode.add_argument("--target-psnr", type=float, help="each chunk's PSNR at least this (dB)")
+    parser.add_argument("--fidelity", metavar="FILE.yaml",
+                        help="instead of the settings above: thresholds (docs/metrics.md); each variable gets the "
+                             "cheapest setting that meets them on sample chunks")
     parser.add_argument("--model", help="shipped model id or weights file (default: the shipped model)")
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr format (default 3)")
     parser.add_argument("--chunk-bytes", metavar="SIZE", help="target chunk size, e.g. 4MiB (default)")
@@ -77,9 +80,9 @@ def _compress(args: argparse.Namespace) -> int:
 
     summary = compress(
         args.inputs, args.output, variables=args.variables, quality=args.quality, abs_error=args.abs_error,
-        rel_error=args.rel_error, target_psnr=args.target_psnr, model=args.model, zarr_format=args.zarr_format,
-        chunk_bytes=args.chunk_bytes, region_bytes=args.region_bytes, engine=_engine(args),
-        overwrite=args.overwrite, progress=args.progress,
+        rel_error=args.rel_error, target_psnr=args.target_psnr, fidelity=args.fidelity, model=args.model,
+        zarr_format=args.zarr_format, chunk_bytes=args.chunk_bytes, region_bytes=args.region_bytes,
+        engine=_engine(args), overwrite=args.overwrite, progress=args.progress,
     )
     print(summary.format())
     return 0
@@ -90,6 +93,8 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", metavar="STORE.zarr")
     parser.add_argument("--source", nargs="+", metavar="INPUT",
                         help="the inputs it was written from: check each chunk's error bound against them")
+    parser.add_argument("--fidelity", metavar="FILE.yaml",
+                        help="also check these thresholds on each whole variable against --source")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_engine(parser)
 
@@ -97,7 +102,7 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from .parallel import verify
 
-    report = verify(args.store, args.source, engine=_engine(args), progress=args.progress)
+    report = verify(args.store, args.source, fidelity=args.fidelity, engine=_engine(args), progress=args.progress)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -230,7 +235,7 @@ def _train(args: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     Command("compress", "compress netCDF files or a Zarr store into an nncodec Zarr archive (resumable)",
             _add_compress, _compress),
-    Command("verify", "decode every chunk; check completeness and, with --source, the error bounds",
+    Command("verify", "decode every chunk; check completeness and, with --source, the bounds and --fidelity",
             _add_verify, _verify),
     Command("info", "sizes, ratios and codecs of an archive", _add_info, _info),
     Command("decompress", "decode an archive into netCDF or a Zarr store without nncodec",

@@ -12,12 +12,18 @@ spectrum, gradient, SSIM) run block-wise, so a single 2D slice has to fit in mem
 but the variable does not. The 99th / 99.9th quantiles are exact for numpy input and
 histogram-based for dask input (see :func:`fidelity_report`).
 
+:func:`choose_setting` turns acceptance thresholds into a codec setting: it searches the
+learned quality levels and a ladder of error bounds for the cheapest setting whose decoded
+sample chunks meet every threshold.
+
 The definitions and formulas are documented in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import asdict, dataclass, field
 from numbers import Real
 from pathlib import Path
 
@@ -26,9 +32,15 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from .codec import NNCodec
+
 __all__ = [
     "THRESHOLD_KEYS",
+    "FidelityChoice",
+    "Trial",
+    "as_thresholds",
     "check_thresholds",
+    "choose_setting",
     "fidelity_report",
     "load_thresholds",
     "spectral_band_edges",
@@ -45,6 +57,10 @@ _SSIM_TRUNCATE = 5 / _SSIM_SIGMA
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
 #: Per-slice sums returned by the block kernel, after the 2 * n_bands band powers.
 _N_SLICE_SUMS = 5
+
+#: Error bounds tried by :func:`choose_setting`, as fractions of the samples' value range:
+#: ``10**(-k/2)`` for k = 2..14, loosest (cheapest) first.
+_BOUND_FRACTIONS = tuple(10 ** (-k / 2) for k in range(2, 15))
 
 #: Valid keys of a thresholds mapping, with what each one bounds.
 THRESHOLD_KEYS = {
@@ -473,3 +489,233 @@ def load_thresholds(path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of threshold keys, got {type(data).__name__}")
     return _validate_thresholds(data)
+
+
+def as_thresholds(spec) -> dict:
+    """Acceptance thresholds from a YAML file or a mapping, validated.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        A YAML file (see :func:`load_thresholds`) or a mapping of keys from
+        :data:`THRESHOLD_KEYS`.
+
+    Returns
+    -------
+    dict
+        A validated copy, ready for :func:`check_thresholds`.
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        return load_thresholds(spec)
+    return _validate_thresholds(spec)
+
+
+# -- choosing a codec setting ------------------------------------------------------------
+@dataclass
+class Trial:
+    """One codec setting tried by :func:`choose_setting` on the sample chunks.
+
+    Attributes
+    ----------
+    setting : dict
+        Keyword arguments of :class:`nncodec.NNCodec`: ``{"quality": q}`` or ``{"abs_error": e}``.
+    bytes, values : int
+        Compressed bytes and values of the sample chunks coded. A trial ends at the first
+        chunk that fails, or once it has more bytes than a setting that passed, so its
+        figures may cover only the chunks up to that one.
+    passed : bool
+        Every threshold held on every sample chunk.
+    failures : list of str
+        The :func:`check_thresholds` lines of the chunk that failed.
+    dearer : bool
+        Stopped because it already had more bytes than a setting that passed; its
+        fidelity is unknown and does not matter (it cannot be chosen).
+    """
+
+    setting: dict
+    bytes: int = 0
+    values: int = 0
+    passed: bool = True
+    failures: list = field(default_factory=list)
+    dearer: bool = False
+
+    @property
+    def bits_per_value(self) -> float:
+        return 8 * self.bytes / self.values
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v:.4g}" for k, v in self.setting.items())
+
+
+@dataclass
+class FidelityChoice:
+    """The codec setting :func:`choose_setting` picked, and every setting it tried.
+
+    Attributes
+    ----------
+    setting : dict
+        Keyword arguments of :class:`nncodec.NNCodec` to code the variable with.
+    samples : int
+        Number of sample chunks the settings were tried on.
+    tried : list of Trial
+        In the order tried.
+    """
+
+    setting: dict
+    samples: int
+    tried: list
+
+    @property
+    def chosen(self) -> Trial:
+        """The trial of the chosen setting."""
+        return next(t for t in self.tried if t.passed and t.setting == self.setting)
+
+    def explain(self) -> list[str]:
+        """What was chosen and why: a summary line, then one line per setting tried."""
+        best = self.chosen
+        lines = [
+            f"{best.label}: {best.bits_per_value:.3g} bits/value on {self.samples} sample chunk(s), the fewest "
+            f"bytes among the settings that meet every threshold ({sum(t.passed for t in self.tried)} of "
+            f"{len(self.tried)} tried)"
+        ]
+        for t in self.tried:
+            outcome = "pass" if t.passed else "stopped, more bytes than a setting that passed" if t.dearer else "FAIL"
+            line = f"{t.label}: {outcome}, {t.bits_per_value:.3g} bits/value"
+            lines.append(line + ("; " + "; ".join(t.failures) if t.failures else ""))
+        return lines
+
+    def to_dict(self) -> dict:
+        """A JSON-ready record (what :func:`nncodec.parallel.compress` stores)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> FidelityChoice:
+        """The inverse of :meth:`to_dict`."""
+        return cls(record["setting"], record["samples"], [Trial(**t) for t in record["tried"]])
+
+
+def choose_setting(samples, thresholds, model=None) -> FidelityChoice:
+    """The cheapest codec setting whose decoded sample chunks meet every threshold.
+
+    Two families of settings are searched: the learned quality levels (1 to the model's
+    top level) and error bounds ``abs_error`` on a geometric ladder, ``R * 10**(-k/2)``
+    for k = 2..14 with ``R`` the finite value range of the samples. With
+    ``abs_error_max`` among the thresholds the ladder starts at exactly that bound and
+    keeps only the tighter rungs, so the bounded family meets that threshold on every
+    chunk, not just on the samples.
+
+    Fidelity is assumed to rise, and the size to grow, along each family (from level 1
+    up, from the loosest bound down). Each family is searched from its cheapest member:
+    members 1, 2, 4, 8, ... until one passes, then bisection of the last gap, so a
+    family takes 1 trial when its cheapest member passes and about ``2 log2(n)`` at
+    most. A setting passes when :func:`check_thresholds` holds on the
+    :func:`fidelity_report` of every sample chunk on its own; a trial stops at the first
+    chunk that fails, or once its bytes exceed those of a setting that passed (it cannot
+    win, and the search goes on to cheaper members). Of the settings that passed, the
+    one with the fewest compressed bytes over the samples is chosen.
+
+    Parameters
+    ----------
+    samples : list of numpy.ndarray
+        Chunks of one variable, as the codec will see them (last two dims y, x).
+    thresholds : dict, str or os.PathLike
+        Acceptance thresholds, or a YAML file of them (see :func:`as_thresholds`).
+    model : str, optional
+        Model id or weights file of :class:`nncodec.NNCodec`.
+
+    Returns
+    -------
+    FidelityChoice
+        ``setting`` holds the codec keyword arguments; ``tried`` every trial with its
+        bytes, bits per value, outcome and failure lines.
+
+    Raises
+    ------
+    ValueError
+        No sample, or no setting passes: the message names the thresholds that even the
+        most faithful settings tried fail.
+    """
+    limits = as_thresholds(thresholds)
+    chunks = [np.asarray(s) for s in samples]
+    if not chunks:
+        raise ValueError("choose_setting needs at least one sample chunk")
+    from .weights import load
+
+    families = [
+        # the runtime the encoder uses (device "auto"), so the weights are loaded once
+        [{"quality": q} for q in range(1, load(model, "auto").qualities + 1)],
+        [{"abs_error": e} for e in _bound_ladder(chunks, limits.get("abs_error_max"))],
+    ]
+    tried = []
+
+    def cheaper_wins(setting):
+        budget = min((t.bytes for t in tried if t.passed), default=None)
+        tried.append(_trial(setting, chunks, limits, model, budget))
+        return tried[-1].passed or tried[-1].dearer
+
+    for family in families:
+        _search(family, cheaper_wins)
+    passing = [t for t in tried if t.passed]
+    if not passing:
+        dearest = [t for t in tried if any(family and t.setting == family[-1] for family in families)]
+        detail = " | ".join(f"{t.label}: {'; '.join(t.failures)}" for t in dearest)
+        raise ValueError(
+            f"no codec setting meets the thresholds on the {len(chunks)} sample chunk(s); even the most "
+            f"faithful settings tried fail ({detail}): loosen these thresholds, or compress with a fixed "
+            "error bound (abs_error, --abs-error) instead of fidelity thresholds"
+        )
+    best = min(passing, key=lambda t: t.bytes)
+    return FidelityChoice(best.setting, len(chunks), tried)
+
+
+def _bound_ladder(chunks, abs_error_max) -> list[float]:
+    """Error bounds to try, loosest first (see :func:`choose_setting`)."""
+    finite = [c[np.isfinite(c)] for c in chunks]
+    finite = [f for f in finite if f.size]
+    span = float(max(f.max() for f in finite)) - float(min(f.min() for f in finite)) if finite else 0.0
+    ladder = [span * f for f in _BOUND_FRACTIONS] if span > 0 else []
+    if abs_error_max is not None:
+        ladder = [float(abs_error_max)] + [e for e in ladder if e < abs_error_max]
+    return [e for e in ladder if e > 0]
+
+
+def _search(candidates: list, go_cheaper) -> None:
+    """Find the first candidate (cheapest first) for which ``go_cheaper`` is true.
+
+    Every candidate after such a one is taken to be true too. Candidates 0, 1, 3, 7, ...
+    are tried until one is true, then the gap after the last false one is bisected.
+    """
+    lo, hi, probe = 0, len(candidates), 0  # false before lo, true from hi on
+    while lo < hi:
+        if go_cheaper(candidates[probe]):
+            hi = probe
+            break
+        lo, probe = probe + 1, min(2 * probe + 1, hi - 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if go_cheaper(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+
+
+def _trial(setting: dict, chunks, limits: dict, model, budget) -> Trial:
+    """Code the sample chunks with one setting and check each decoded chunk.
+
+    ``budget``: the bytes of the best setting so far (None if none); more stops the trial.
+    """
+    codec = NNCodec(model=model, **setting)
+    trial = Trial(dict(setting))
+    for chunk in chunks:
+        buf = codec.encode(chunk)
+        trial.bytes += len(buf)
+        trial.values += chunk.size
+        if budget is not None and trial.bytes > budget:
+            trial.passed, trial.dearer = False, True
+            break
+        ok, failures = check_thresholds(fidelity_report(chunk, codec.decode(buf)), limits)
+        if not ok:
+            trial.passed, trial.failures = False, failures
+            break
+    return trial

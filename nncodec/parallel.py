@@ -18,7 +18,11 @@ The workflow is a thin layer over xarray, Dask and Zarr:
 
 The codec is deterministic on a machine, so a resumed store holds the same chunk bytes as
 an uninterrupted one. :func:`verify` decodes every chunk (each checked against its CRC),
-checks completeness and, given the source, the error bounds.
+checks completeness and, given the source, the error bounds and fidelity thresholds.
+
+Given fidelity thresholds instead of a codec setting, :func:`compress` picks each
+variable's setting on sample chunks (:func:`nncodec.fidelity.choose_setting`) and records
+the choice in the plan, so a resumed run codes with the settings it started with.
 
 Knobs left as ``None`` fall back to ``dask.config`` (``nncodec.*``, see
 :data:`CONFIG_DEFAULTS`), e.g. ``DASK_NNCODEC__CHUNK_BYTES=8MiB``.
@@ -51,6 +55,7 @@ import zarr
 from . import format as fmt
 from .codec import NNCodec
 from .errors import NNCodecError
+from .fidelity import FidelityChoice, as_thresholds, check_thresholds, choose_setting, fidelity_report
 from .normalize import DEFAULT_TILE
 
 CONFIG_DEFAULTS = {
@@ -60,7 +65,8 @@ CONFIG_DEFAULTS = {
         # target bytes of one region: the unit of restart (one marker file each)
         "region-bytes": "64MiB",
         "zarr-format": 3,
-        # chunks per variable decoded against the source for the PSNR / max-error summary
+        # chunks per variable decoded against the source for the PSNR / max-error summary,
+        # and coded with candidate settings to choose one by fidelity thresholds
         "sample-chunks": 4,
         # Dask workers of the default LocalCluster (None: one per CPU core)
         "n-workers": None,
@@ -534,6 +540,40 @@ def _plan_record(ds, chunks, codecs, zarr_format, region_bytes, inputs, model_sh
     }
 
 
+def _choose_settings(plan: dict, ds: xr.Dataset, names, thresholds: dict, model, previous: dict | None,
+                     progress: bool) -> None:
+    """Set each variable's codec in ``plan`` to the cheapest that meets ``thresholds``.
+
+    The choices and the thresholds go into the plan. With ``previous``, the plan of the
+    run to resume, the choices recorded there are taken instead of choosing again (the
+    sample chunks need not decide the same way twice, and the store's chunks are coded
+    with them); a plan that still differs is refused by :func:`_start_store` as any other
+    change of settings.
+    """
+    plan["fidelity"] = thresholds
+    if previous is not None:
+        for name in names:
+            recorded = previous["variables"].get(name, {})
+            if "fidelity" in recorded:
+                plan["variables"][name].update(codec=recorded["codec"], fidelity=recorded["fidelity"])
+        return
+    n_samples = dask.config.get("nncodec.sample-chunks")
+    with contextlib.ExitStack() as stack:
+        bar = _bar(stack, progress, total=len(names), unit="variable", desc="choose settings")
+        for name in names:
+            # read here, in this process: the candidates are coded on these chunks one after the other
+            chunks = [np.asarray(ds[name].data[r.slices]) for r in _samples(plan, name, n_samples)]
+            try:
+                choice = choose_setting(chunks, thresholds, model)
+            except ValueError as e:
+                raise ValueError(f"variable {name!r}: {e}") from e
+            config = NNCodec(model=model, **choice.setting).get_config()
+            plan["variables"][name].update(codec={k: v for k, v in config.items() if k != "id"},
+                                           fidelity=choice.to_dict())
+            if bar is not None:
+                bar.update(1)
+
+
 def _all_regions(plan: dict) -> list[Region]:
     return [
         r
@@ -721,6 +761,7 @@ class VariableSummary:
     max_error: float | None = None
     seconds: float | None = None  # writing its regions, in the run that finished the archive
     written_bytes: int | None = None  # uncompressed bytes that run wrote (less than all if resumed)
+    choice: FidelityChoice | None = None  # how its codec setting was chosen by fidelity thresholds
 
     @property
     def ratio(self) -> float:
@@ -742,9 +783,10 @@ class ArchiveSummary:
     regions_done: int = 0
     regions_total: int = 0
     note: str = ""
+    fidelity: dict | None = None  # the thresholds the codec settings were chosen by
 
     def format(self) -> str:
-        """A plain-text report: one row per variable, then the totals."""
+        """A plain-text report: one row per variable, the totals, then how settings were chosen."""
         head = ("variable", "shape", "chunks", "codec", "original", "stored", "ratio", "PSNR dB", "max error",
                 "wall s", "MB/s")
         rows = [head]
@@ -766,6 +808,15 @@ class ArchiveSummary:
         if self.seconds:
             total += f", {self.seconds:.1f} s, {original / 1e6 / self.seconds:.2f} MB/s"
         lines.append(total)
+        if self.fidelity is not None:
+            lines.append("codec settings chosen by fidelity thresholds "
+                         + ", ".join(f"{k}={v}" for k, v in self.fidelity.items()) + ":")
+            for v in self.variables:
+                if v.choice is not None:
+                    first, *tried = v.choice.explain()
+                    lines += [f"  {v.name}: {first}"] + [f"    {line}" for line in tried]
+            lines.append(f"  (on sample chunks; check the whole store: nncodec verify {self.store} "
+                         "--source INPUTS --fidelity FILE)")
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -808,12 +859,15 @@ def info(store) -> ArchiveSummary:
         if plan is not None and name not in plan["variables"]:
             continue  # index coordinates: written with the metadata, not part of the work
         rec = recorded.get(name, {})
+        choice = plan["variables"][name].get("fidelity") if plan is not None else None
         variables.append(VariableSummary(
             name=name, shape=arr.shape, chunks=arr.chunks, codec=_codec_label(_nncodec_config(arr)),
             original_bytes=arr.nbytes, stored_bytes=arr.nbytes_stored(), psnr=rec.get("psnr"),
             max_error=rec.get("max_error"), seconds=rec.get("seconds"), written_bytes=rec.get("written_bytes"),
+            choice=FidelityChoice.from_dict(choice) if choice else None,
         ))
-    summary = ArchiveSummary(os.fspath(path), COMPLETE_ATTR in group.attrs, variables)
+    summary = ArchiveSummary(os.fspath(path), COMPLETE_ATTR in group.attrs, variables,
+                             fidelity=plan.get("fidelity") if plan is not None else None)
     if plan is not None:
         todo = _all_regions(plan)
         summary.regions_total = len(todo)
@@ -827,7 +881,7 @@ def info(store) -> ArchiveSummary:
 
 # -- the workflow ------------------------------------------------------------------------
 def compress(inputs, output, *, variables=None, quality=None, abs_error=None, rel_error=None, target_psnr=None,
-             model=None, zarr_format=None, chunk_bytes=None, region_bytes=None, engine=None,
+             fidelity=None, model=None, zarr_format=None, chunk_bytes=None, region_bytes=None, engine=None,
              client=None, overwrite=False, progress=False) -> ArchiveSummary:
     """Compress netCDF files or a Zarr store into a Zarr archive coded with nncodec.
 
@@ -846,6 +900,15 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
     quality, abs_error, rel_error, target_psnr, model
         Settings of :class:`nncodec.NNCodec`. The codec runs with ``device="auto"``: on
         CUDA on workers that have it, else on the CPU (the bytes decode the same anywhere).
+    fidelity : dict, str or path, optional
+        Acceptance thresholds (a mapping of :data:`nncodec.fidelity.THRESHOLD_KEYS`, or a
+        YAML file of them) instead of ``quality`` / ``abs_error`` / ``rel_error`` /
+        ``target_psnr``: each variable is coded with the cheapest setting that meets them
+        on ``nncodec.sample-chunks`` sample chunks (:func:`nncodec.fidelity.choose_setting`,
+        run in this process before the writing starts). The thresholds and each choice,
+        with every setting tried, are recorded in the store and shown by :func:`info`; a
+        resumed run keeps the recorded choices. ``verify(..., fidelity=...)`` checks the
+        whole store.
     zarr_format : {3, 2}, optional
         Default ``dask.config`` ``nncodec.zarr-format`` (3).
     chunk_bytes, region_bytes : int or str, optional
@@ -868,16 +931,26 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
     Raises
     ------
     ValueError
-        Conflicting codec settings, an unknown variable, or ``output`` holding an archive
-        started with other settings.
+        Conflicting codec settings, an unknown variable, ``output`` holding an archive
+        started with other settings, or fidelity thresholds no setting meets.
     FileExistsError
         ``output`` exists and is not an archive in progress (without ``overwrite``).
     FileNotFoundError
         An input matches no file.
     """
-    codec_kwargs = {k: v for k, v in dict(quality=quality, model=model, abs_error=abs_error,
-                                         rel_error=rel_error, target_psnr=target_psnr).items() if v is not None}
+    settings = dict(quality=quality, abs_error=abs_error, rel_error=rel_error, target_psnr=target_psnr)
+    codec_kwargs = {k: v for k, v in {**settings, "model": model}.items() if v is not None}
     NNCodec(**codec_kwargs)  # settings errors before any file is touched
+    thresholds = None
+    if fidelity is not None:
+        fixed = [k for k, v in settings.items() if v is not None]
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise ValueError(
+                f"fidelity thresholds choose the codec setting themselves: give them or {', '.join(fixed)}, "
+                f"not both (drop {flags}, or --fidelity)"
+            )
+        thresholds = as_thresholds(fidelity)
     from .weights import resolve
     from .xarray import encoding as nncodec_encoding
 
@@ -893,12 +966,17 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
         # reopen with chunks no larger than the plan's: a source chunk is read in pieces
         ds = open_inputs(inputs, chunks=_dim_chunks(ds, names, chunk_bytes))
     ds, chunks = _prepare(ds, names, chunk_bytes)
-    enc = nncodec_encoding(ds, zarr_format, names, **codec_kwargs)
-    for name, c in chunks.items():
-        enc.setdefault(name, {})["chunks"] = c
     config = {k: v for k, v in NNCodec(**codec_kwargs).get_config().items() if k != "id"}
     plan = _plan_record(ds, chunks, dict.fromkeys(names, config), zarr_format, region_bytes, _input_paths(inputs),
                         resolve(model).sha256)
+    if thresholds is not None:
+        previous = None if overwrite else _read_json(_progress(store) / "plan.json")
+        _choose_settings(plan, ds, names, thresholds, model, previous, progress)
+    enc = {}
+    for name in names:
+        enc.update(nncodec_encoding(ds, zarr_format, [name], **plan["variables"][name]["codec"]))
+    for name, c in chunks.items():
+        enc.setdefault(name, {})["chunks"] = c
     state = _start_store(store, ds, enc, plan, zarr_format, overwrite)
     if state == "complete":
         summary = info(store)
@@ -970,10 +1048,12 @@ class VerifyReport:
     complete: bool
     problems: list[str]
     variables: dict
+    # per variable, with fidelity thresholds: {"ok": bool, "failures": [...], "report": fidelity_report(...)}
+    fidelity: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.complete and not self.problems
+        return self.complete and not self.problems and all(f["ok"] for f in self.fidelity.values())
 
     def format(self) -> str:
         lines = [f"{self.store}: {'OK' if self.ok else 'FAILED'}"]
@@ -982,13 +1062,17 @@ class VerifyReport:
             if s["count"]:
                 line += f", max error {s['max_error']:.4g}, PSNR {_psnr(s):.1f} dB vs source"
             lines.append(line)
+            if name in self.fidelity:
+                f = self.fidelity[name]
+                lines.append(f"    fidelity thresholds, whole variable: {'pass' if f['ok'] else 'FAIL'}")
+                lines += [f"      {failure}" for failure in f["failures"]]
         if not self.complete:
             lines.append("  incomplete: run the same `nncodec compress` command again to finish it")
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 
 
-def verify(store, source=None, *, engine=None, client=None, progress=False) -> VerifyReport:
+def verify(store, source=None, *, fidelity=None, engine=None, client=None, progress=False) -> VerifyReport:
     """Decode every chunk of an archive; check completeness and, with the source, the bounds.
 
     Parameters
@@ -998,6 +1082,12 @@ def verify(store, source=None, *, engine=None, client=None, progress=False) -> V
     source : inputs, optional
         What it was written from (as for :func:`compress`). Each chunk coded with an
         error bound is then checked against it (max |decoded - source| <= bound).
+    fidelity : dict, str or path, optional
+        Acceptance thresholds (a mapping or a YAML file, as for :func:`compress`), checked
+        with :func:`nncodec.fidelity.check_thresholds` on the
+        :func:`~nncodec.fidelity.fidelity_report` of each whole nncodec variable against
+        ``source`` (needed). The report is computed lazily on the cluster, so a variable
+        larger than memory is fine; it reads the store twice more.
     engine : Engine, optional
         Where to run; default a local cluster.
     client : distributed.Client, optional
@@ -1009,8 +1099,14 @@ def verify(store, source=None, *, engine=None, client=None, progress=False) -> V
     -------
     VerifyReport
         ``ok`` is False for an unfinished archive, a missing or undecodable chunk (listed
-        by key) or a bound violation.
+        by key), a bound violation or a variable failing the fidelity thresholds.
     """
+    thresholds = None
+    if fidelity is not None:
+        if source is None:
+            raise ValueError("fidelity thresholds compare the store with what it was written from: "
+                             "give the source too (source=..., --source INPUTS)")
+        thresholds = as_thresholds(fidelity)
     path = _local(store)
     if not path.exists() or not _is_zarr(path):
         raise FileNotFoundError(f"{os.fspath(path)!r} is not a Zarr store; give the path of an OUTPUT.zarr")
@@ -1039,13 +1135,35 @@ def verify(store, source=None, *, engine=None, client=None, progress=False) -> V
             client = stack.enter_context(engine.client())
         bar = _bar(stack, progress, total=len(todo), unit="region", desc="verify")
         stats = _run_checks(client, path, [(r.name, r, r.name in coded) for r in todo], src, engine.resources, bar)
+        checked = {}
+        if thresholds is not None:
+            checked = _check_fidelity(client, path, src, sorted(n for n in coded if n in src.variables), thresholds)
     for name, s in stats.items():
         problems += [f"missing chunk {key}" for key in s["missing"]]
         problems += [f"corrupt chunk {key}: {msg}" for key, msg in s["corrupt"]]
         problems += [f"error bound exceeded in {key}: {err:.4g} > {bound:.4g}" for key, err, bound in s["violations"]]
     if source is not None and not any(stats[n]["count"] for n in coded if n in stats):
         problems.append("the source has none of the archive's nncodec variables: nothing was compared")
-    return VerifyReport(os.fspath(path), complete, problems, stats)
+    return VerifyReport(os.fspath(path), complete, problems, stats, checked)
+
+
+def _check_fidelity(client, path: Path, source: xr.Dataset, names, thresholds: dict) -> dict:
+    """Fidelity report of each whole variable against the source, checked against thresholds.
+
+    The store is read as a Dask array, its chunks decoded on the workers (the source too
+    when it comes from files), so a variable need not fit in memory.
+    """
+    with _quiet_zarr():
+        stored = xr.open_zarr(os.fspath(path))
+    out = {}
+    for name in names:
+        decoded = stored[name]
+        original = source[name].transpose(*decoded.dims)
+        with dask.config.set(scheduler=client):
+            report = fidelity_report(original.data, decoded.data)
+        ok, failures = check_thresholds(report, thresholds)
+        out[name] = {"ok": ok, "failures": failures, "report": report}
+    return out
 
 
 def _store_chunks(group, todo) -> dict:

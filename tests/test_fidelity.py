@@ -8,6 +8,7 @@ import pytest
 
 from nncodec.fidelity import (
     THRESHOLD_KEYS,
+    as_thresholds,
     check_thresholds,
     fidelity_report,
     load_thresholds,
@@ -203,6 +204,18 @@ def test_load_thresholds(tmp_path):
     with pytest.raises(ValueError, match="ssim_min"):
         load_thresholds(path)
     assert set(THRESHOLD_KEYS) >= set(EXAMPLE_THRESHOLDS)
+
+
+def test_as_thresholds_takes_a_file_or_a_mapping(tmp_path):
+    path = tmp_path / "thresholds.yaml"
+    path.write_text("correlation_min: 0.999\nrequire_nan_mask: true\n")
+    expected = {"correlation_min": 0.999, "require_nan_mask": True}
+    assert as_thresholds(path) == as_thresholds(str(path)) == as_thresholds(expected) == expected
+    assert as_thresholds(expected) is not expected  # a copy
+    with pytest.raises(ValueError, match="valid keys"):
+        as_thresholds({"correlation": 0.9})
+    with pytest.raises(TypeError, match="mapping"):
+        as_thresholds([("correlation_min", 0.9)])
 
 
 def test_input_validation():
