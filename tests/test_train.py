@@ -99,6 +99,12 @@ def test_tiles_are_read_lazily_from_zarr(tmp_path):
     assert not m.all()  # land is masked out of the loss, not filled into it
     val = source.validation_tiles(8)
     assert val and all(np.isfinite(t).all() for t, _ in val)
+    # a 2D variable trains whole and has no validation slices
+    flat = tmp_path / "relief.npz"
+    np.savez(flat, relief=load_field("ferret_etopo5_relief.npz", "rose")[:300, :500])
+    both = TileSource([Source(str(flat), []), Source(str(store), ["sst"])], tile=64, val_fraction=0.25)
+    assert both.variables[0].slice_count(True) == 1 and both.variables[0].slice_count(False) == 0
+    assert len(both.validation_tiles(8)) == len(source.validation_tiles(4))
     ckpt = train([Source(str(store), ["sst"])], tmp_path / "run", tiny(steps=4))
     assert ckpt.exists()
 

@@ -57,13 +57,14 @@ class _Variable:
 
     array: object
     lead: tuple[int, ...]
+    n_first: int  # length of the first axis (1 for a 2D variable)
     n_train: int  # slices of the first axis before the validation split
     tiles: list[tuple[slice, slice]]
     areas: np.ndarray
 
     def slice_count(self, train: bool) -> int:
         rest = int(np.prod(self.lead[1:]))
-        return (self.n_train if train else self.lead[0] - self.n_train) * rest
+        return (self.n_train if train else self.n_first - self.n_train) * rest
 
     def read(self, train: bool, i: int, k: int) -> np.ndarray:
         """Tile ``k`` of the ``i``-th training (or validation) 2D slice, as float64."""
@@ -98,7 +99,7 @@ class TileSource:
                 n_val = int(round(n_first * val_fraction)) if n_first > 1 else 0
                 tiles = tiles_2d(arr.shape[-2:], tile)
                 areas = np.array([(r.stop - r.start) * (c.stop - c.start) for r, c in tiles], dtype=np.float64)
-                self.variables.append(_Variable(arr, lead, n_first - n_val, tiles, areas))
+                self.variables.append(_Variable(arr, lead, n_first, n_first - n_val, tiles, areas))
         self.weights = np.array([np.sqrt(v.slice_count(True) * v.areas.sum()) for v in self.variables])
         if not self.variables or self.weights.sum() == 0:
             raise ValueError("no training slices: every variable is too small or in the validation split")
