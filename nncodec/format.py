@@ -31,8 +31,8 @@ import numpy as np
 from .errors import CorruptStreamError, FormatError, NewerFormatError
 
 MAGIC = b"NNC"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 # stable dtype codes: never renumber
 DTYPES = {

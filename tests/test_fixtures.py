@@ -1,6 +1,9 @@
 """Back-compatibility: committed chunks of every released format version still decode to
-exactly what they decoded to when written. A missing fixture is a failure, never a skip
-or a silent re-creation (regenerate only with tests/fixtures/make_fixtures.py)."""
+what they decoded to when written: bit for bit, except that the float32 synthesis of learned
+tiles rounds per instruction set (docs/format.md), so on a machine other than the writer's
+(AVX2 vs AVX-512) chunks with learned tiles are compared to 1e-5 of their range. A missing
+fixture is a failure, never a skip or a silent re-creation (regenerate only with
+tests/fixtures/make_fixtures.py)."""
 
 import json
 from pathlib import Path
@@ -14,7 +17,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED_CASES = {
     1: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
         "all_nan_f4", "small_5d_rel"},
+    2: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
+        "all_nan_f4", "small_5d_rel"},
 }
+#: Cases whose chunks hold learned (float32 synthesis) tiles without an error bound.
+LEARNED = {"ts_f4_q4", "ts_f4_q8_fortran"}
 
 
 def test_every_supported_version_has_fixtures():
@@ -29,7 +36,7 @@ def test_every_supported_version_has_fixtures():
 
 
 @pytest.mark.parametrize("version, name", [(v, n) for v, names in EXPECTED_CASES.items() for n in sorted(names)])
-def test_fixture_decodes_exactly(version, name):
+def test_fixture_decodes_as_written(version, name):
     folder = FIXTURES / f"v{version}"
     buf = (folder / f"{name}.bin").read_bytes()
     expected = np.load(folder / f"{name}.npy")
@@ -37,4 +44,9 @@ def test_fixture_decodes_exactly(version, name):
     out = NNCodec().decode(buf)
     assert out.dtype == expected.dtype and out.shape == expected.shape
     assert out.flags.f_contiguous == expected.flags.f_contiguous
-    np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), expected.view(f"u{expected.itemsize}"))
+    if np.array_equal(out.view(f"u{out.itemsize}"), expected.view(f"u{expected.itemsize}")):
+        return
+    # only a chunk with learned tiles may differ, and only in float32 rounding
+    assert name in LEARNED, f"{name} decodes differently from when it was written"
+    span = float(np.nanmax(expected) - np.nanmin(expected))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * span)

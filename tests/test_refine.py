@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nncodec import NNCodec
+from nncodec import NNCodec, format as fmt
 
 from conftest import load_field
 
@@ -38,14 +38,18 @@ def lambdas():
     return load(None, "cpu").net.lambdas.tolist()
 
 
-def test_refine_zero_is_todays_bytes():
-    """refine=0 writes byte for byte the committed v1 fixtures (every mode) and the default codec's bytes."""
-    manifest = json.loads((FIXTURES / "v1" / "manifest.json").read_text())
+def test_refine_zero_is_todays_codec():
+    """refine=0 writes the default codec's bytes, which decode to the committed fixtures (every mode)."""
+    folder = FIXTURES / f"v{fmt.FORMAT_VERSION}"
+    manifest = json.loads((folder / "manifest.json").read_text())
     for name, (config, arr, _source) in _fixture_cases().items():
         assert name in manifest
-        expected = (FIXTURES / "v1" / f"{name}.bin").read_bytes()
-        assert NNCodec(**config, refine=0).encode(arr) == expected, name
-        assert NNCodec(**config).encode(arr) == expected, name
+        buf = NNCodec(**config, refine=0).encode(arr)
+        assert buf == NNCodec(**config).encode(arr), name
+        expected = np.load(folder / f"{name}.npy")
+        span = float(np.nanmax(expected) - np.nanmin(expected)) if np.isfinite(expected).any() else 0.0
+        # float32 rounding may differ on another instruction set (see test_fixtures.py)
+        np.testing.assert_allclose(NNCodec().decode(buf), expected, rtol=0, atol=1e-5 * span, err_msg=name)
 
 
 def test_refined_stream_decodes_with_a_plain_decoder(ts_field):

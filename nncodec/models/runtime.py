@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..entropy import IntegerHyperSynthesis, Tables
+from . import tilepool
 from .hyperprior import FieldHyperprior
 
 
@@ -78,8 +79,14 @@ class Runtime:
 
     @torch.inference_mode()
     def analyse(self, x: np.ndarray) -> torch.Tensor:
-        """Latents y of a batch of normalised tiles (B, 1, h, w) float32."""
-        return self.net.g_a(torch.from_numpy(x).to(self.device))
+        """Latents y of a batch of normalised tiles (B, 1, h, w) float32.
+
+        On CPU each tile runs alone on one thread of the tile pool, so the encoder writes
+        the same bytes whatever the thread count or batching (and runs oneDNN's fast
+        kernels without oversubscribing the cores).
+        """
+        x = torch.from_numpy(x).to(self.device)
+        return tilepool.map_tiles(self.net.g_a, x) if self.device.type == "cpu" else self.net.g_a(x)
 
     @torch.inference_mode()
     def quantise(self, y: torch.Tensor, q: int) -> dict:
@@ -205,13 +212,16 @@ class Runtime:
 
     @torch.inference_mode()
     def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
-                   reproducible: bool = True) -> np.ndarray:
+                   reproducible: bool = True, per_tile: bool = True) -> np.ndarray:
         """Normalised reconstruction (B, h, w) from latent symbols at quality ``q``.
 
         ``dtype=torch.float64`` runs the synthesis in double precision (used by the
         error-bound layer so that devices agree far inside its safety margin).
         ``reproducible=False`` allows the fastest kernels, whose last bits depend on the
         thread count: for the encoder's search, never for values a decoder returns.
+        ``per_tile`` picks the reproducible CPU kernel of format version 2 (each tile alone
+        on one thread of :mod:`~nncodec.models.tilepool`, oneDNN); ``False`` is version 1's
+        (PyTorch's own kernels, oneDNN off: the same values, several times slower).
         """
         gain = self.gains[q - 1].view(1, -1, 1, 1)
         y_hat = torch.from_numpy(y_sym).to(self.device, torch.float32) / gain
@@ -219,11 +229,13 @@ class Runtime:
         if dtype == torch.float64:
             g_s = _double_synthesis(self.net)
             y_hat = y_hat.double()
+        if not reproducible:
+            return g_s(y_hat)[:, 0, : shape[0], : shape[1]].cpu().numpy()
+        if per_tile and self.device.type == "cpu" and dtype == torch.float32:
+            return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
         # oneDNN splits a convolution's sums differently for 1 and 2 threads; PyTorch's own
         # kernels compute each tile alone, so a chunk decodes to the same values whatever
         # the thread count or batch size. On CUDA: deterministic cuDNN kernels, no TF32.
-        if not reproducible:
-            return g_s(y_hat)[:, 0, : shape[0], : shape[1]].cpu().numpy()
         with _reproducible_kernels():
             x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
         return x.cpu().numpy()

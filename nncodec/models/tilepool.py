@@ -1,0 +1,68 @@
+"""Run a network on CPU one tile at a time, each tile on one thread, tiles in parallel.
+
+oneDNN, PyTorch's fast CPU convolution library, splits a convolution's sums differently
+for different thread counts and batch sizes, so the last bits of its results depend on
+both. Run single-threaded on one tile at a time, it computes every tile the same way
+whatever the machine's thread settings or the chunk's batching: its results depend only
+on the instruction set (AVX2, AVX-512, ...). That is the reference CPU kernel of format
+version 2, and several times faster than PyTorch's own (oneDNN-free) kernels, which
+format version 1 used for the same guarantee.
+
+The pool's threads run with one intra-op thread each (OpenMP's thread count is a
+per-thread setting); the process-wide setting seen by every other thread is restored
+right after the pool starts. Parallelism comes from running tiles side by side, as many
+as ``torch.get_num_threads()`` had when the pool was made.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+_pool: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _start(n: int) -> ThreadPoolExecutor:
+    ready = threading.Barrier(n + 1)
+    counts = []
+
+    def single_threaded():
+        torch.set_num_threads(1)
+        counts.append(torch.get_num_threads())
+
+    pool = ThreadPoolExecutor(n, thread_name_prefix="nncodec-tile", initializer=single_threaded)
+    for _ in range(n):  # one blocking task per thread makes the executor start all n now
+        pool.submit(ready.wait)
+    ready.wait()
+    torch.set_num_threads(n)  # the process-wide setting (and this thread's) as it was
+    if counts != [1] * n:
+        pool.shutdown()
+        raise RuntimeError(f"could not make the tile threads single-threaded (they report {counts} threads); "
+                           "this PyTorch build's threading is not supported by nncodec's CPU decoder")
+    return pool
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process's tile pool, started on first use."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = _start(max(1, torch.get_num_threads()))
+        return _pool
+
+
+def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``module`` applied to each tile of ``batch`` (B, C, h, w) alone, on one thread each.
+
+    Runs in inference mode (no autograd), which is a per-thread setting, so each pool
+    thread enters it itself.
+    """
+
+    def one(i: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(batch[i : i + 1])
+
+    return torch.cat(list(pool().map(one, range(batch.shape[0]))))
