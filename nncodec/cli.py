@@ -66,6 +66,9 @@ def _add_compress(parser: argparse.ArgumentParser) -> None:
                         help="instead of the settings above: thresholds (docs/metrics.md); each variable gets the "
                              "cheapest setting that meets them on sample chunks")
     parser.add_argument("--model", help="shipped model id or weights file (default: the shipped model)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="encoder-side latent refinement steps: ~20 %% fewer bits at N=30, encoding ~35x slower "
+                             "(docs/refinement.md; worth it on GPUs)")
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr format (default 3)")
     parser.add_argument("--chunk-bytes", metavar="SIZE", help="target chunk size, e.g. 4MiB (default)")
     parser.add_argument("--region-bytes", metavar="SIZE",
@@ -80,7 +83,7 @@ def _compress(args: argparse.Namespace) -> int:
 
     summary = compress(
         args.inputs, args.output, variables=args.variables, quality=args.quality, abs_error=args.abs_error,
-        rel_error=args.rel_error, target_psnr=args.target_psnr, fidelity=args.fidelity, model=args.model,
+        rel_error=args.rel_error, target_psnr=args.target_psnr, fidelity=args.fidelity, model=args.model, refine=args.refine,
         zarr_format=args.zarr_format, chunk_bytes=args.chunk_bytes, region_bytes=args.region_bytes,
         engine=_engine(args), overwrite=args.overwrite, progress=args.progress,
     )

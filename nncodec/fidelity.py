@@ -595,7 +595,7 @@ class FidelityChoice:
         return cls(record["setting"], record["samples"], [Trial(**t) for t in record["tried"]])
 
 
-def choose_setting(samples, thresholds, model=None) -> FidelityChoice:
+def choose_setting(samples, thresholds, model=None, refine: int = 0) -> FidelityChoice:
     """The cheapest codec setting whose decoded sample chunks meet every threshold.
 
     Two families of settings are searched: the learned quality levels (1 to the model's
@@ -623,6 +623,8 @@ def choose_setting(samples, thresholds, model=None) -> FidelityChoice:
         Acceptance thresholds, or a YAML file of them (see :func:`as_thresholds`).
     model : str, optional
         Model id or weights file of :class:`nncodec.NNCodec`.
+    refine : int
+        Encoder-side refinement steps of :class:`nncodec.NNCodec`, used in every trial.
 
     Returns
     -------
@@ -651,7 +653,7 @@ def choose_setting(samples, thresholds, model=None) -> FidelityChoice:
 
     def cheaper_wins(setting):
         budget = min((t.bytes for t in tried if t.passed), default=None)
-        tried.append(_trial(setting, chunks, limits, model, budget))
+        tried.append(_trial(setting, chunks, limits, model, refine, budget))
         return tried[-1].passed or tried[-1].dearer
 
     for family in families:
@@ -700,12 +702,12 @@ def _search(candidates: list, go_cheaper) -> None:
             lo = mid + 1
 
 
-def _trial(setting: dict, chunks, limits: dict, model, budget) -> Trial:
+def _trial(setting: dict, chunks, limits: dict, model, refine: int, budget) -> Trial:
     """Code the sample chunks with one setting and check each decoded chunk.
 
     ``budget``: the bytes of the best setting so far (None if none); more stops the trial.
     """
-    codec = NNCodec(model=model, **setting)
+    codec = NNCodec(model=model, refine=refine, **setting)
     trial = Trial(dict(setting))
     for chunk in chunks:
         buf = codec.encode(chunk)

@@ -540,8 +540,8 @@ def _plan_record(ds, chunks, codecs, zarr_format, region_bytes, inputs, model_sh
     }
 
 
-def _choose_settings(plan: dict, ds: xr.Dataset, names, thresholds: dict, model, previous: dict | None,
-                     progress: bool) -> None:
+def _choose_settings(plan: dict, ds: xr.Dataset, names, thresholds: dict, model, refine: int,
+                     previous: dict | None, progress: bool) -> None:
     """Set each variable's codec in ``plan`` to the cheapest that meets ``thresholds``.
 
     The choices and the thresholds go into the plan. With ``previous``, the plan of the
@@ -564,10 +564,10 @@ def _choose_settings(plan: dict, ds: xr.Dataset, names, thresholds: dict, model,
             # read here, in this process: the candidates are coded on these chunks one after the other
             chunks = [np.asarray(ds[name].data[r.slices]) for r in _samples(plan, name, n_samples)]
             try:
-                choice = choose_setting(chunks, thresholds, model)
+                choice = choose_setting(chunks, thresholds, model, refine)
             except ValueError as e:
                 raise ValueError(f"variable {name!r}: {e}") from e
-            config = NNCodec(model=model, **choice.setting).get_config()
+            config = NNCodec(model=model, refine=refine, **choice.setting).get_config()
             plan["variables"][name].update(codec={k: v for k, v in config.items() if k != "id"},
                                            fidelity=choice.to_dict())
             if bar is not None:
@@ -881,7 +881,7 @@ def info(store) -> ArchiveSummary:
 
 # -- the workflow ------------------------------------------------------------------------
 def compress(inputs, output, *, variables=None, quality=None, abs_error=None, rel_error=None, target_psnr=None,
-             fidelity=None, model=None, zarr_format=None, chunk_bytes=None, region_bytes=None, engine=None,
+             fidelity=None, model=None, refine=0, zarr_format=None, chunk_bytes=None, region_bytes=None, engine=None,
              client=None, overwrite=False, progress=False) -> ArchiveSummary:
     """Compress netCDF files or a Zarr store into a Zarr archive coded with nncodec.
 
@@ -897,7 +897,7 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
     variables : list of str, optional
         Variables to code with nncodec; default every float data variable with 2+
         dimensions. All others are stored losslessly (Zarr's default codec).
-    quality, abs_error, rel_error, target_psnr, model
+    quality, abs_error, rel_error, target_psnr, model, refine
         Settings of :class:`nncodec.NNCodec`. The codec runs with ``device="auto"``: on
         CUDA on workers that have it, else on the CPU (the bytes decode the same anywhere).
     fidelity : dict, str or path, optional
@@ -939,7 +939,7 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
         An input matches no file.
     """
     settings = dict(quality=quality, abs_error=abs_error, rel_error=rel_error, target_psnr=target_psnr)
-    codec_kwargs = {k: v for k, v in {**settings, "model": model}.items() if v is not None}
+    codec_kwargs = {k: v for k, v in {**settings, "model": model, "refine": refine or None}.items() if v is not None}
     NNCodec(**codec_kwargs)  # settings errors before any file is touched
     thresholds = None
     if fidelity is not None:
@@ -971,7 +971,7 @@ def compress(inputs, output, *, variables=None, quality=None, abs_error=None, re
                         resolve(model).sha256)
     if thresholds is not None:
         previous = None if overwrite else _read_json(_progress(store) / "plan.json")
-        _choose_settings(plan, ds, names, thresholds, model, previous, progress)
+        _choose_settings(plan, ds, names, thresholds, model, refine, previous, progress)
     enc = {}
     for name in names:
         enc.update(nncodec_encoding(ds, zarr_format, [name], **plan["variables"][name]["codec"]))

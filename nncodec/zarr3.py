@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
     from zarr.core.buffer import Buffer, NDBuffer
 
-_PARAMS = ("quality", "model", "device", "abs_error", "rel_error", "target_psnr", "tile")
+_PARAMS = ("quality", "model", "device", "abs_error", "rel_error", "target_psnr", "tile", "refine")
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,12 @@ class NNCodecV3(ArrayBytesCodec):
     rel_error: float | None
     target_psnr: float | None
     tile: int
+    refine: int
 
     def __init__(self, quality=None, model=None, device="auto", abs_error=None, rel_error=None,
-                 target_psnr=None, tile=DEFAULT_TILE):
+                 target_psnr=None, tile=DEFAULT_TILE, refine=0):
         codec = NNCodec(quality=quality, model=model, device=device, abs_error=abs_error,
-                        rel_error=rel_error, target_psnr=target_psnr, tile=tile)
+                        rel_error=rel_error, target_psnr=target_psnr, tile=tile, refine=refine)
         # the fields hold NNCodec's checked, normalised values, so equal settings compare equal
         for name in _PARAMS:
             object.__setattr__(self, name, getattr(codec, name))

@@ -133,3 +133,16 @@ def test_bad_refine_values(bad, error):
     with pytest.raises(error, match="refine must be a non-negative integer"):
         NNCodec(refine=bad)
 
+
+
+def test_refine_in_zarr3_metadata_and_cli(tmp_path):
+    from nncodec.cli import build_parser
+    from nncodec.zarr3 import NNCodecV3
+
+    meta = NNCodecV3(quality=2, refine=3).to_dict()
+    assert meta["configuration"] == {"quality": 2, "refine": 3}
+    assert NNCodecV3.from_dict(meta) == NNCodecV3(quality=2, refine=3)
+    with pytest.raises(ValueError, match="refine"):
+        NNCodecV3(refine=-1)
+    args = build_parser().parse_args(["compress", "in.nc", "out.zarr", "--refine", "7"])
+    assert args.refine == 7
