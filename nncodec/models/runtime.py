@@ -229,10 +229,11 @@ class Runtime:
         if dtype == torch.float64:
             g_s = _double_synthesis(self.net)
             y_hat = y_hat.double()
+        if self.device.type == "cpu" and dtype == torch.float32 and (per_tile or not reproducible):
+            # also the encoder's search: the fast kernels, in the memory of one tile per thread
+            return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
         if not reproducible:
             return g_s(y_hat)[:, 0, : shape[0], : shape[1]].cpu().numpy()
-        if per_tile and self.device.type == "cpu" and dtype == torch.float32:
-            return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
         # oneDNN splits a convolution's sums differently for 1 and 2 threads; PyTorch's own
         # kernels compute each tile alone, so a chunk decodes to the same values whatever
         # the thread count or batch size. On CUDA: deterministic cuDNN kernels, no TF32.
