@@ -9,7 +9,7 @@ each curve needs at equal PSNR relative to another, over the PSNR interval both 
 Usage::
 
     nncodec train DATA.npz:VAR --init hyperprior-climate-v1 --out runs/ft --steps 20000
-    python benchmarks/finetune.py DATA.npz:VAR --tuned runs/ft/ft.pt [--base hyperprior-climate-v1]
+    python benchmarks/finetune.py DATA.npz:VAR --tuned runs/ft/ft.pt [--base MODEL]
 
 Prints a markdown table (``--out FILE`` also writes it).
 """
@@ -25,7 +25,7 @@ from nncodec.bench.metrics import bd_rate
 from nncodec.train import parse_source
 from nncodec.train.data import held_out_slices
 from nncodec.train.export import rd_point, validate_codec
-from nncodec.weights import model_card, resolve
+from nncodec.weights import DEFAULT_MODEL, model_card, resolve
 
 SZ3_BOUNDS = (1e-1, 5e-2, 2e-2, 1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="PATH:VAR, the data the model was fine-tuned on")
     parser.add_argument("--tuned", required=True, help="the fine-tuned weights file")
-    parser.add_argument("--base", default="hyperprior-climate-v1", help="the parent model (default: shipped)")
+    parser.add_argument("--base", default=DEFAULT_MODEL, help=f"the parent model (default: {DEFAULT_MODEL})")
     parser.add_argument("--max-slices", type=int, default=1000, help="held-out slices to use (default all)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()

@@ -180,8 +180,8 @@ def _models(args: argparse.Namespace) -> int:
         print(json.dumps(models, indent=2))
         return 0
     for m in models:
-        print(f"{m['id']}  (code {m['code']}, {m['qualities']} quality levels, {m['size_bytes'] / 1e6:.1f} MB, "
-              f"sha256 {m['sha256'][:12]})")
+        print(f"{m['id']}{'  [default]' if m['default'] else ''}  (code {m['code']}, {m['qualities']} quality levels, "
+              f"{m['size_bytes'] / 1e6:.1f} MB, sha256 {m['sha256'][:12]})")
         for q, v in m["validation"].items():
             print(f"  {q}: {v['bpv']:.3f} bits/value  PSNR {v['psnr']:.1f} dB  max error {v['max_error_range']:.3g} x range")
     return 0

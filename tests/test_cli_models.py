@@ -12,10 +12,15 @@ from conftest import load_field
 def test_models_json(capsys):
     assert main(["models", "--json"]) == 0
     models = json.loads(capsys.readouterr().out)
-    shipped = models[0]
-    assert shipped["id"] == "hyperprior-climate-v1" and shipped["qualities"] == 8
-    assert shipped["size_bytes"] < 8e6
-    assert set(shipped["validation"]) == {f"q{q}" for q in range(1, 9)}
+    assert [m["id"] for m in models[:2]] == ["hyperprior-climate-v1", "hyperprior-climate-v2"]
+    assert [m["default"] for m in models[:2]] == [False, True]
+    for shipped in models[:2]:
+        assert shipped["qualities"] == 8 and shipped["size_bytes"] < 5e6
+        assert set(shipped["validation"]) == {f"q{q}" for q in range(1, 9)}
+    # v2 is v1's training run finished: fewer bits at every level for about the same PSNR
+    v1, v2 = (m["validation"] for m in models[:2])
+    for q in v1:
+        assert v2[q]["bpv"] < v1[q]["bpv"] and v2[q]["psnr"] > v1[q]["psnr"] - 0.1
 
 
 def test_train_exports_usable_weights(tmp_path, capsys):

@@ -16,7 +16,7 @@ def test_header_describes_chunk(chunk, ts_field):
     h = fmt.read_header(chunk)
     assert chunk[:3] == b"NNC" and chunk[3] == fmt.FORMAT_VERSION
     assert h.shape == ts_field.shape and h.dtype == np.dtype("<f4")
-    assert h.model_code == 1 and len(h.weights_sha) == 4 and h.tile == 256
+    assert h.model_code == 2 and len(h.weights_sha) == 4 and h.tile == 256  # the default model
     assert not h.bounded and not h.has_nonfinite
 
 
