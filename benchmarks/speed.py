@@ -1,0 +1,149 @@
+"""Speed of nncodec against SZ3 and SPERR on large fields and small chunks, and where the time goes.
+
+Part 1 runs :func:`nncodec.bench.run_speed` (the engine of ``nncodec bench --speed``) on a
+large field (ETOPO5 relief, 2161 x 4320, widened to float32), 256 x 256 turbulence, and the
+small chunks scientists read (73 x 144 vorticity, 145 x 192 surface temperature): nncodec
+encode/decode MB/s per quality level, SZ3 and SPERR at a 1e-3 relative bound, the ratios,
+all in one run on the same slices (fastest of 3 repeats).
+
+Part 2 profiles one decode and one encode of a 1024 x 1024 relief chunk with cProfile and
+splits the time into stages (synthesis / analysis network, integer hyper-synthesis, range
+coding, the rest), and counts the network's multiply-adds per value with torch's FLOP
+counter.
+
+Usage::
+
+    python benchmarks/speed.py [--data ../shared/data] [--docs docs]
+
+Writes DOCS/speed.md and DOCS/results/speed.json. Figures depend on what else the machine
+runs: the ratios against SZ3/SPERR, measured in the same run, are the robust part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nncodec import NNCodec
+from nncodec.bench import run_speed
+from nncodec.bench.report import environment_info, speed_table, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = [  # file, variable, slices: large fields first, then small chunks
+    ("ferret_etopo5_relief.npz", "rose", 1),
+    ("pyqgjax_qg2layer_vorticity_256.npz", "rel_vorticity", 4),
+    ("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity", 4),
+    ("iris_glosea4_surface_temperature.npz", "ts", 4),
+]
+QUALITIES = [1, 4, 8]
+#: (file, function) -> stage, for cProfile. The stages are disjoint call subtrees, so
+#: their cumulative times add up.
+STAGES = {
+    ("runtime.py", "synthesise"): "synthesis network (g_s)",
+    ("runtime.py", "analyse"): "analysis network (g_a)",
+    ("runtime.py", "quantise"): "h_a, rounding, integer hyper-synthesis (encoder)",
+    ("runtime.py", "indexes"): "integer hyper-synthesis (decoder)",
+    ("entropy.py", "_decode"): "range decoding",
+    ("entropy.py", "_encode"): "range encoding",
+    ("entropy.py", "finish"): "range encoding",
+}
+
+
+def stage_profile(func) -> dict:
+    """Seconds per stage of one call of ``func`` (cumulative times of the stage functions)."""
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.runcall(func)
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats
+    out = {}
+    for (file, _line, name), (_cc, _nc, _tt, cum, _callers) in stats.items():
+        stage = STAGES.get((Path(file).name, name))
+        if stage is not None:
+            out[stage] = out.get(stage, 0.0) + cum
+    out["everything else (tiling, normalisation, masks, header, CRC)"] = total - sum(out.values())
+    return {"total": total, "stages": out}
+
+
+def network_macs(codec: NNCodec, edge: int = 256) -> dict:
+    """Multiply-adds per value of the analysis and synthesis transforms on one tile."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nncodec.weights import load
+
+    rt = load(codec.model)
+    x = torch.zeros(1, 1, edge, edge)
+    out = {}
+    with torch.no_grad():
+        y = rt.net.g_a(x)
+        for name, fn, arg in (("analysis g_a", rt.net.g_a, x), ("synthesis g_s", rt.net.g_s, y),
+                              ("hyper-analysis h_a", rt.net.h_a, y)):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn(arg)
+            out[name] = counter.get_total_flops() / 2 / (edge * edge)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+
+    runs = [run_speed([args.data / f], [v], qualities=QUALITIES, max_slices=n, progress=False)
+            for f, v, n in FIELDS]
+    result = {"meta": runs[0]["meta"], "variables": [v for r in runs for v in r["variables"]]}
+
+    chunk = np.load(args.data / "ferret_etopo5_relief.npz")["rose"][:1024, :1024].astype(np.float32)
+    codec = NNCodec(quality=4)
+    codec.decode(codec.encode(chunk[:64, :64]))  # load and warm up
+    buf = codec.encode(chunk)
+    profiles = {"encode": stage_profile(lambda: codec.encode(chunk)),
+                "decode": stage_profile(lambda: codec.decode(buf))}
+    macs = network_macs(codec)
+    result["profile"] = {"chunk": "1024 x 1024 relief, quality=4", "threads": torch.get_num_threads(),
+                         **profiles, "macs_per_value": macs}
+    (args.docs / "results").mkdir(parents=True, exist_ok=True)
+    write_json(args.docs / "results" / "speed.json", result)
+
+    env = environment_info()
+    lines = [
+        "# Speed",
+        "",
+        f"Written by `python benchmarks/speed.py`: {env['cpu']}, {env['cores']} cores, torch threads "
+        f"{torch.get_num_threads()}, no GPU. MB/s of float32 input (10^6 bytes), fastest of 3 repeats; "
+        "SZ3 and SPERR at a 1e-3 relative error bound on the same slices in the same run.",
+        "",
+        "```",
+        speed_table(result),
+        "```",
+        "",
+        f"## Where the time goes ({result['profile']['chunk']}, cProfile)",
+        "",
+        "| stage | encode s | share | decode s | share |",
+        "|---|---|---|---|---|",
+    ]
+    names = list(dict.fromkeys([*profiles["encode"]["stages"], *profiles["decode"]["stages"]]))
+    for name in names:
+        cells = []
+        for op in ("encode", "decode"):
+            s = profiles[op]["stages"].get(name)
+            cells += ["", ""] if s is None else [f"{s:.3f}", f"{100 * s / profiles[op]['total']:.0f} %"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| total | {profiles['encode']['total']:.3f} | | {profiles['decode']['total']:.3f} | |")
+    lines += ["", "Network multiply-adds per value (one 256 x 256 tile): "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()) + "."]
+    text = "\n".join(lines) + "\n"
+    (args.docs / "speed.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
