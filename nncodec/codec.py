@@ -479,12 +479,12 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     if coded:
         w = StreamWriter(rt.tables)
-        for t in coded:
-            if t.kind == NETWORK:
-                w.z(t.z, np.arange(t.z.shape[0])[:, None, None])
-        for t in coded:
-            if t.kind == NETWORK:
-                w.y(t.y, t.idx)
+        nets = [t for t in coded if t.kind == NETWORK]
+        if nets:
+            # every tile's z, then every tile's y: one call each (the coder converts its tables per call)
+            w.z(np.concatenate([t.z.ravel() for t in nets]),
+                np.concatenate([np.broadcast_to(np.arange(t.z.shape[0])[:, None, None], t.z.shape).ravel() for t in nets]))
+            w.y(np.concatenate([t.y.ravel() for t in nets]), np.concatenate([t.idx.ravel() for t in nets]))
         for t in coded:
             if t.residual is not None:
                 w.r(t.residual.symbols, t.residual.indexes)
@@ -602,20 +602,24 @@ def _decode_stream(rt, coded, data: bytes, finite) -> None:
 
     reader = StreamReader(rt.tables, data)
     nets = [t for t in coded if t.kind == NETWORK]
+    n_z = rt.tables.medians.shape[0]
+    channels = []
     for t in nets:
         if not 1 <= t.quality <= rt.qualities:
             raise CorruptStreamError(f"nncodec tile quality {t.quality} is outside 1..{rt.qualities}; the chunk is damaged")
-        y_shape, z_shape = rt.latent_shape(*t.shape)
-        n_z = rt.tables.medians.shape[0]
-        t.z = reader.z(np.broadcast_to(np.arange(n_z)[:, None, None], (n_z,) + z_shape))
+        _, z_shape = rt.latent_shape(*t.shape)
+        channels.append(np.broadcast_to(np.arange(n_z)[:, None, None], (n_z,) + z_shape))
+    # all tiles' z, then (after the hyper-synthesis) all tiles' y, each in one call of the coder
+    for t, z in zip(nets, reader.parts("z", channels)):
+        t.z = z
     # hyper-synthesis per shape group, then all latents in tile order
     for shape, group in _groups(nets):
         y_shape, _ = rt.latent_shape(*shape)
         idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
         for t, i in zip(group, idx):
             t.idx = i
-    for t in nets:
-        t.y = reader.y(t.idx)
+    for t, y in zip(nets, reader.parts("y", [t.idx for t in nets])):
+        t.y = y
     for t in coded:
         if t.residual is not None:
             # non-finite positions carry no residual symbols: the mask is known before the stream

@@ -178,10 +178,9 @@ class StreamWriter:
 
     def _encode(self, symbols: np.ndarray, indexes: np.ndarray, table) -> None:
         # the C++ coder trusts its inputs: one index per symbol, each inside the table
-        idx = np.broadcast_to(indexes, symbols.shape).astype(np.int32).ravel()
-        if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
-            raise ValueError("entropy table index out of range")
-        self.enc.encode_with_indexes(symbols.astype(np.int32).ravel().tolist(), idx.tolist(), *table)
+        local, used = _used_tables(np.broadcast_to(indexes, symbols.shape), table)
+        self.enc.encode_with_indexes(symbols.astype(np.int32).ravel().tolist(),
+                                     local.astype(np.int32).ravel().tolist(), *used)
 
     def z(self, symbols: np.ndarray, channels: np.ndarray) -> None:
         self._encode(symbols, channels, self.tables.z)
@@ -190,9 +189,8 @@ class StreamWriter:
         self._encode(symbols, indexes, self.tables.y)
 
     def r(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
-        """Residual symbols, each with its own table index (see :func:`_used_tables`)."""
-        local, table = _used_tables(indexes, self.tables.r)
-        self._encode(symbols, local, table)
+        """Residual symbols, each with its own table index."""
+        self._encode(symbols, indexes, self.tables.r)
 
     def finish(self) -> bytes:
         return self.enc.flush()
@@ -207,33 +205,36 @@ class StreamReader:
         self.dec.set_stream(bytes(data))
 
     def _decode(self, indexes: np.ndarray, table) -> np.ndarray:
-        idx = np.ascontiguousarray(indexes, dtype=np.int32)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
-            raise ValueError("entropy table index out of range")
-        out = self.dec.decode_stream(idx.ravel().tolist(), *table)
-        return np.asarray(out, dtype=np.int32).reshape(idx.shape)
+        local, used = _used_tables(indexes, table)
+        out = self.dec.decode_stream(local.astype(np.int32).ravel().tolist(), *used)
+        return np.asarray(out, dtype=np.int32).reshape(local.shape)
 
-    def z(self, channels: np.ndarray) -> np.ndarray:
-        return self._decode(channels, self.tables.z)
-
-    def y(self, indexes: np.ndarray) -> np.ndarray:
-        return self._decode(indexes, self.tables.y)
+    def parts(self, which: str, indexes: list) -> list[np.ndarray]:
+        """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``), in one
+        call of the coder, which converts the tables it is handed on every call."""
+        if not indexes:
+            return []
+        flat = self._decode(np.concatenate([np.ravel(i) for i in indexes]), getattr(self.tables, which))
+        ends = np.cumsum([np.size(i) for i in indexes])[:-1]
+        return [part.reshape(np.shape(i)) for part, i in zip(np.split(flat, ends), indexes)]
 
     def r(self, indexes: np.ndarray) -> np.ndarray:
         """Residual symbols (int64), one per table index."""
-        local, table = _used_tables(indexes, self.tables.r)
-        return self._decode(local, table).astype(np.int64)
+        return self._decode(indexes, self.tables.r).astype(np.int64)
 
 
 def _used_tables(indexes: np.ndarray, table) -> tuple[np.ndarray, tuple[list, list, list]]:
     """``indexes`` renumbered into the sub-table of the tables they use.
 
-    The coder converts every table it is handed on every call; residual passes use a few
-    of the tables each, so handing over only those keeps a call cheap.
+    The coder converts every table it is handed on every call (a list of up to 64 CDFs
+    of up to thousands of entries); a call uses a few of them, so handing over only those
+    keeps it cheap. Out-of-range indexes raise: the C++ coder trusts its inputs.
     """
     idx = np.asarray(indexes, dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
         raise ValueError("entropy table index out of range")
-    used, local = np.unique(idx, return_inverse=True)
+    used = np.flatnonzero(np.bincount(idx.ravel(), minlength=len(table[1])))
+    renumber = np.zeros(len(table[1]), dtype=np.int64)
+    renumber[used] = np.arange(len(used))
     cdfs, lengths, offsets = table
-    return local.reshape(idx.shape), tuple([part[i] for i in used.tolist()] for part in (cdfs, lengths, offsets))
+    return renumber[idx], tuple([part[i] for i in used.tolist()] for part in (cdfs, lengths, offsets))
