@@ -292,9 +292,14 @@ def _input_array(buf) -> np.ndarray:
     return arr
 
 
+def _tile_mask(t: _Tile, fin) -> np.ndarray:
+    """The finite-value mask of tile ``t`` (``fin``: the chunk's mask, None if all finite)."""
+    return fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(t.shape, bool)
+
+
 def _plan_tile(t: _Tile, slices: np.ndarray, fin) -> _Tile:
     v = slices[t.slice, t.rows, t.cols]
-    finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
+    finite = _tile_mask(t, fin)
     if not finite.any():
         t.kind = EMPTY
         return t
@@ -330,12 +335,8 @@ def _groups(tiles):
 
 def _normalised(t: _Tile, slices, fin) -> np.ndarray:
     v = slices[t.slice, t.rows, t.cols]
-    finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
+    finite = _tile_mask(t, fin)
     return normalise_tile(v, finite, t.offset, t.scale)
-
-
-def _tile_mask(t: _Tile, fin) -> np.ndarray:
-    return fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(t.shape, bool)
 
 
 def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=0) -> None:
@@ -412,7 +413,7 @@ def _search_levels(top: int) -> list[int]:
 def _residual_bits(t, slices, fin, pred, step, tables):
     """(code, estimated bits) of the cheaper residual predictor for a tile; (None, inf) if none fits."""
     v = slices[t.slice, t.rows, t.cols].astype(np.float64)
-    finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
+    finite = _tile_mask(t, fin)
     if step == 0:
         return None, np.inf
     y = np.where(finite, (np.where(finite, v, 0.0) - pred) / step, 0.0)
@@ -428,7 +429,7 @@ def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
     import torch
 
     v = slices[t.slice, t.rows, t.cols]
-    finite = fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(v.shape, bool)
+    finite = _tile_mask(t, fin)
     pred = _prediction(t, rt, torch.float64)
     code, _ = _residual_bits(t, slices, fin, pred, step, rt.tables)
     if code is None:
@@ -623,7 +624,7 @@ def _decode_stream(rt, coded, data: bytes, finite) -> None:
     for t in coded:
         if t.residual is not None:
             # non-finite positions carry no residual symbols: the mask is known before the stream
-            fin = finite[t.slice, t.rows, t.cols] if finite is not None else np.ones(t.shape, bool)
+            fin = _tile_mask(t, finite)
             t.residual.k = decode_residual(reader.r, t.shape, fin, t.residual.predictor)
 
 

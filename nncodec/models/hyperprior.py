@@ -37,6 +37,9 @@ from .._compressai import GDN, EntropyBottleneck, GaussianConditional
 SCALES_MIN = 0.11
 SCALES_MAX = 256.0
 SCALES_LEVELS = 64
+#: Entropy-model buffers that ``update()`` computes (the integer CDF tables); their shapes
+#: depend on the trained model, so loading and fine-tuning treat them apart.
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 def scale_table() -> torch.Tensor:

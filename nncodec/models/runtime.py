@@ -17,7 +17,7 @@ import torch
 
 from ..entropy import IntegerHyperSynthesis, Tables
 from . import tilepool
-from .hyperprior import FieldHyperprior
+from .hyperprior import CDF_BUFFERS, FieldHyperprior
 
 
 #: Adam step size of the latent refinement, in units of the (ungained) latents y
@@ -42,7 +42,7 @@ def resolve_device(device: str) -> torch.device:
 
 def _resize_buffers(module: torch.nn.Module, state: dict, prefix: str) -> None:
     """Give the entropy models' table buffers the stored shapes before loading them."""
-    for name in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+    for name in CDF_BUFFERS:
         key = f"{prefix}.{name}"
         if key in state:
             getattr(module, name).resize_(state[key].shape)

@@ -66,15 +66,17 @@ class _Variable:
         rest = int(np.prod(self.lead[1:]))
         return (self.n_train if train else self.n_first - self.n_train) * rest
 
+    def slice_index(self, train: bool, i: int) -> tuple:
+        """Index of the leading axes of the ``i``-th training (or validation) 2D slice."""
+        if not self.lead:
+            return ()
+        first, inner = divmod(i, int(np.prod(self.lead[1:])))
+        return (first + (0 if train else self.n_train), *np.unravel_index(inner, self.lead[1:]))
+
     def read(self, train: bool, i: int, k: int) -> np.ndarray:
         """Tile ``k`` of the ``i``-th training (or validation) 2D slice, as float64."""
-        if self.lead:
-            first, inner = divmod(i, int(np.prod(self.lead[1:])))
-            idx = (first + (0 if train else self.n_train), *np.unravel_index(inner, self.lead[1:]))
-        else:
-            idx = ()
         rs, cs = self.tiles[k]
-        return np.asarray(self.array[idx + (rs, cs)], dtype=np.float64)
+        return np.asarray(self.array[self.slice_index(train, i) + (rs, cs)], dtype=np.float64)
 
 
 class TileSource:
@@ -180,20 +182,11 @@ class CropSampler:
 
 
 def held_out_slices(sources, val_fraction: float = 0.15, max_per_variable: int = 4) -> list[np.ndarray]:
-    """Up to ``max_per_variable`` whole 2D slices per variable from the held-out split."""
+    """Up to ``max_per_variable`` whole 2D slices per variable from the held-out split
+    (the validation split of :class:`TileSource`), evenly spread."""
     out = []
-    for src in sources:
-        for arr in _open_variables(src).values():
-            if arr.ndim < 3:
-                continue
-            n_first = arr.shape[0]
-            n_val = int(round(n_first * val_fraction))
-            if n_val == 0:
-                continue
-            lead = (n_val,) + tuple(arr.shape[1:-2])
-            count = int(np.prod(lead))
-            for i in np.linspace(0, count - 1, min(max_per_variable, count)).astype(int):
-                idx = np.unravel_index(i, lead)
-                idx = (idx[0] + n_first - n_val,) + idx[1:]
-                out.append(np.asarray(arr[idx], dtype=np.float32))
+    for v in TileSource(sources, val_fraction=val_fraction).variables:
+        count = v.slice_count(False)
+        for i in np.linspace(0, count - 1, min(max_per_variable, count)).astype(int) if count else []:
+            out.append(np.asarray(v.array[v.slice_index(False, int(i))], dtype=np.float32))
     return out

@@ -48,10 +48,6 @@ class TrainConfig:
     target_bpp: float | None = None
 
 
-#: Entropy-model buffers that ``update()`` recomputes; a fine-tuning run starts without them.
-_CDF_BUFFERS = {"_offset", "_quantized_cdf", "_cdf_length", "scale_table"}
-
-
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     warm = 500
     if step < warm:
@@ -95,7 +91,7 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     """
     import torch
 
-    from ..models.hyperprior import FieldHyperprior
+    from ..models.hyperprior import CDF_BUFFERS, FieldHyperprior
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
@@ -143,9 +139,9 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     device = torch.device(cfg.device)
     if init_weights is not None:
         # the CDF tables are rebuilt at export; everything trainable must match exactly
-        trainable = {k: v for k, v in init_weights["state_dict"].items() if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS}
+        trainable = {k: v for k, v in init_weights["state_dict"].items() if k.rsplit(".", 1)[-1] not in CDF_BUFFERS}
         missing, unexpected = model.load_state_dict(trainable, strict=False)
-        if unexpected or [k for k in missing if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS]:
+        if unexpected or [k for k in missing if k.rsplit(".", 1)[-1] not in CDF_BUFFERS]:
             raise ValueError(f"{init} does not fit the FieldHyperprior architecture (missing {missing}, unexpected {unexpected})")
         log(f"initialised from {init} ({len(trainable)} tensors; lambdas {cfg.lambdas})")
     params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
