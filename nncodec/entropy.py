@@ -9,7 +9,12 @@ latent-variable models"): weights are integers with a power-of-two scale per out
 channel, activations are fixed-point integers, and every product and sum is an exact
 integer below 2**53 held in float64, so the summation order cannot change any result.
 Scale indexes are then found by exact comparisons with the scale table. The path
-always runs on the CPU in float64 and gives identical integers everywhere.
+always runs on the CPU and gives identical integers everywhere.
+
+Speed without giving that up: a convolution runs in float32 (oneDNN's fast kernels)
+whenever a bound computed from its weights and inputs proves every partial sum an
+integer below 2**24, which float32 holds exactly in any summation order; otherwise in
+float64. Each tile runs alone on a thread of :mod:`nncodec.models.tilepool`.
 
 One range-coded stream per chunk carries, in order: the hyper-latents of every
 network tile, their latents, then the residual symbols of the error-bound layer.
@@ -27,6 +32,8 @@ from .residual import residual_tables
 WEIGHT_MAX = 127  # integer weights fit in 8 bits
 ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
 MAX_EXACT = 2.0**53
+#: float32 holds every integer of magnitude up to 2**24 exactly
+MAX_EXACT_F32 = 2.0**24
 
 
 def _layer_geometry(module) -> dict:
@@ -55,6 +62,30 @@ class IntegerHyperSynthesis:
     def __init__(self, layers: list[dict], scale_table: torch.Tensor):
         self.layers = layers
         self.thresholds = scale_table.double()[:-1].numpy()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Derived data: per layer the float32 weights and the largest sum of |weights|
+        that meets one output value (bounds every partial sum of a convolution); the
+        constants of :meth:`_bucket`."""
+        self._w32 = [layer["weight"].float() for layer in self.layers]
+        self._wsum = []
+        for layer in self.layers:
+            w = layer["weight"]
+            out_axis = 1 if layer["transposed"] else 0
+            self._wsum.append(float(w.abs().transpose(0, out_axis).reshape(w.shape[out_axis], -1).sum(dim=1).max()))
+        # digits of at most this many bits keep a float32 convolution exact (None: never)
+        self._digit_bits = [int(np.log2(MAX_EXACT_F32 / ws)) if ws else 24 for ws in self._wsum]
+        self._digit_bits = [b if b >= 1 else None for b in self._digit_bits]
+        # _bucket's first guess: position of a scale between the thresholds on a log
+        # scale, and how far the thresholds themselves stray from whole positions
+        thr = self.thresholds
+        if len(thr) < 2 or not (np.diff(thr) > 0).all() or thr[0] <= 0:
+            raise ValueError("the weights file's scale thresholds are not positive and increasing; the file is damaged")
+        self._log_t0 = float(np.log(thr[0]))
+        self._step = float(np.log(thr[-1]) - self._log_t0) / max(len(thr) - 1, 1)
+        pos = (np.log(thr) - self._log_t0) / self._step
+        self._slack = float(np.abs(pos - np.arange(len(thr))).max()) + 1e-9
 
     @classmethod
     def from_float(cls, h_s: torch.nn.Sequential, scale_table: torch.Tensor) -> IntegerHyperSynthesis:
@@ -93,31 +124,87 @@ class IntegerHyperSynthesis:
             for layer in state["layers"]
         ]
         obj.thresholds = state["thresholds"].double().numpy()
+        obj._prepare()
         return obj
 
     def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
         """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
         a = torch.round(z_hat.detach().to("cpu", torch.float64) * 2.0**ACT_FRAC_BITS)
         frac_in = ACT_FRAC_BITS
-        for layer in self.layers:
-            if layer["transposed"]:
-                acc = F.conv_transpose2d(a, layer["weight"], stride=layer["stride"], padding=layer["padding"],
-                                         output_padding=layer["output_padding"])
-            else:
-                acc = F.conv2d(a, layer["weight"], stride=layer["stride"], padding=layer["padding"])
+        for i, layer in enumerate(self.layers):
+            acc = self._conv(i, a)
+            acc += layer["bias"].view(1, -1, 1, 1)
+            if layer["relu"]:
+                acc.clamp_(min=0)
+            if acc.numel() and _abs_max(acc) >= MAX_EXACT:
+                raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
             # exponent of the accumulator's fixed point, per output channel
             exp = (layer["shift"] + frac_in).view(1, -1, 1, 1)
-            acc = acc + layer["bias"].view(1, -1, 1, 1)
-            if layer["relu"]:
-                acc = acc.clamp(min=0)
-            if acc.numel() and float(acc.abs().max()) >= MAX_EXACT:
-                raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
-            if layer is self.layers[-1]:
-                scales = (acc * torch.exp2(-exp))[..., : y_shape[0], : y_shape[1]]
-                return np.searchsorted(self.thresholds, scales.numpy(), side="left").astype(np.int32)
-            a = torch.floor(acc * torch.exp2(ACT_FRAC_BITS - exp) + 0.5)
+            if i == len(self.layers) - 1:
+                return self._bucket(acc[..., : y_shape[0], : y_shape[1]] * torch.exp2(-exp))
+            a = acc.mul_(torch.exp2(ACT_FRAC_BITS - exp)).add_(0.5).floor_()
             frac_in = ACT_FRAC_BITS
         raise ValueError("integer hyper-synthesis has no layers")
+
+    def _conv(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s convolution of integer activations ``a`` (float64), exactly.
+
+        Every partial sum of an output value is bounded by max|a| times the sum of the
+        |weights| meeting it; below 2**24 float32 computes it exactly in any order and
+        batching (oneDNN's direct convolutions: products and sums, no transforms). Larger
+        activations are split into base-2**bits digits small enough for that bound, one
+        float32 convolution per digit, recombined exactly in float64.
+        """
+        layer, bits = self.layers[i], self._digit_bits[i]
+        if bits is None or not _float32_is_ieee():
+            return self._conv_as(layer, a, layer["weight"])
+        radix, weight, acc, place, rest = 2.0**bits, self._w32[i], None, 1.0, a
+        while True:
+            last = _abs_max(rest) * self._wsum[i] < MAX_EXACT_F32
+            digit = rest if last else rest - torch.floor(rest / radix) * radix
+            term = self._conv_as(layer, digit.float(), weight).double().mul_(place)
+            acc = term if acc is None else acc.add_(term)
+            if last:
+                return acc
+            rest, place = torch.floor(rest / radix), place * radix
+
+    @staticmethod
+    def _conv_as(layer: dict, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        geometry = {"stride": layer["stride"], "padding": layer["padding"]}
+        if layer["transposed"]:
+            return F.conv_transpose2d(a, w, output_padding=layer["output_padding"], **geometry)
+        return F.conv2d(a, w, **geometry)
+
+    def _bucket(self, scales: torch.Tensor) -> np.ndarray:
+        """``searchsorted(thresholds, scales, side="left")`` as int32, exactly, faster.
+
+        The scale table is log-spaced, so a scale's position on a log scale gives its
+        index; where that position lies within ``_slack`` (the thresholds' own deviation
+        from whole positions, plus rounding) of a whole number, the index is found by
+        binary search instead.
+        """
+        pos = (torch.log(scales) - self._log_t0) / self._step  # log(0) = -inf: index 0
+        whole = torch.floor(pos)
+        idx = (whole + 1).clamp_(0, len(self.thresholds))
+        frac = pos.sub_(whole)
+        unsure = (frac < self._slack) | (frac > 1 - self._slack)
+        if unsure.any():
+            idx[unsure] = torch.searchsorted(torch.from_numpy(self.thresholds), scales[unsure], side="left").double()
+        return idx.to(torch.int32).numpy()
+
+
+def _abs_max(t: torch.Tensor) -> float:
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
+
+
+def _float32_is_ieee() -> bool:
+    """Whether oneDNN's float32 convolutions compute in float32 (not TF32 or bfloat16,
+    which a user can ask for process-wide and which would not be exact)."""
+    mk = torch.backends.mkldnn
+    settings = [getattr(torch.backends, "fp32_precision", "none"), getattr(mk, "fp32_precision", "none"),
+                getattr(getattr(mk, "conv", None), "fp32_precision", "none")]
+    return all(v in ("none", "ieee") for v in settings)
 
 
 class Tables:

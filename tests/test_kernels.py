@@ -1,0 +1,93 @@
+"""The decoder's fast paths compute what their plain definitions do: the integer
+hyper-synthesis with float32 convolutions gives the float64 integers, the logarithmic
+bucketing gives searchsorted's indexes, and the decoder form of the synthesis (format
+version 3's kernel) is the trained network."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nncodec.entropy import ACT_FRAC_BITS, MAX_EXACT_F32, _abs_max
+from nncodec.models.hyperprior import decoder_synthesis
+from nncodec.weights import load
+
+from conftest import load_field
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return load("hyperprior-climate-v2", "cpu")
+
+
+def _reference_indexes(ih, z_hat, y_shape):
+    """The integer hyper-synthesis as defined: float64 convolutions, then searchsorted;
+    and per layer whether its input fits the float32 bound in one digit."""
+    a = torch.round(z_hat.double() * 2.0**ACT_FRAC_BITS)
+    one_digit = []
+    for i, layer in enumerate(ih.layers):
+        one_digit.append(_abs_max(a) * ih._wsum[i] < MAX_EXACT_F32)
+        geometry = {"stride": layer["stride"], "padding": layer["padding"]}
+        if layer["transposed"]:
+            acc = F.conv_transpose2d(a, layer["weight"], output_padding=layer["output_padding"], **geometry)
+        else:
+            acc = F.conv2d(a, layer["weight"], **geometry)
+        acc = acc + layer["bias"].view(1, -1, 1, 1)
+        if layer["relu"]:
+            acc = acc.clamp(min=0)
+        exp = (layer["shift"] + ACT_FRAC_BITS).view(1, -1, 1, 1)
+        if i == len(ih.layers) - 1:
+            scales = (acc * torch.exp2(-exp))[..., : y_shape[0], : y_shape[1]]
+            return np.searchsorted(ih.thresholds, scales.numpy(), side="left"), one_digit
+        a = torch.floor(acc * torch.exp2(ACT_FRAC_BITS - exp) + 0.5)
+
+
+def _hyper_latents(rt, q):
+    """Dequantised hyper-latents of four 128 x 128 tiles of real relief at level ``q``."""
+    relief = load_field("ferret_etopo5_relief.npz", "rose")[1000:1256, 2000:2256].astype(np.float32)
+    x = (relief - relief.min()) / np.ptp(relief)
+    tiles = x.reshape(2, 128, 2, 128).transpose(0, 2, 1, 3).reshape(4, 1, 128, 128)
+    y = rt.analyse(np.ascontiguousarray(tiles))
+    z = rt.quantise(y, q)["z"]
+    return torch.from_numpy(z).float() + rt.tables.medians.view(1, -1, 1, 1), tuple(y.shape[-2:])
+
+
+@pytest.mark.parametrize("q, gain", [(1, 1.0), (8, 1.0), (4, 300.0)])
+def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
+    """Real hyper-latents (and ones 300x larger): the float32 convolutions, on one digit
+    or several, give the float64 integers."""
+    z_hat, y_shape = _hyper_latents(rt, q)
+    z_hat = z_hat * gain
+    want, one_digit = _reference_indexes(rt.int_hs, z_hat, y_shape)
+    if gain > 1:
+        assert not any(one_digit)  # every layer needs several digits
+    got = rt.int_hs.indexes(z_hat, y_shape)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > 5  # the comparison covers many scale indexes
+
+
+def test_bucketing_matches_searchsorted_at_and_around_every_threshold(rt):
+    ih = rt.int_hs
+    thr = ih.thresholds
+    rng = np.random.default_rng(0)
+    scales = np.concatenate([
+        thr, np.nextafter(thr, 0), np.nextafter(thr, np.inf),  # ties and their neighbours
+        [0.0, 1e-300, thr[0] / 2, thr[-1] * 2, 1e30],
+        np.exp(rng.uniform(np.log(thr[0]) - 1, np.log(thr[-1]) + 1, 100_000)),
+    ])
+    got = ih._bucket(torch.from_numpy(scales).view(1, 1, 1, -1)).ravel()
+    np.testing.assert_array_equal(got, np.searchsorted(thr, scales, side="left"))
+
+
+@pytest.mark.parametrize("y_shape", [(16, 16), (5, 9)])
+def test_decoder_synthesis_is_the_trained_network(rt, y_shape):
+    g_s = copy.deepcopy(rt.net.g_s).double()
+    fast = decoder_synthesis(g_s)
+    y = torch.from_numpy(np.random.default_rng(1).normal(0, 2, (3, g_s[0].in_channels, *y_shape)))
+    with torch.no_grad():
+        want, got = g_s(y), fast(y)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 1e-10 * float(want.abs().max())
