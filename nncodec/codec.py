@@ -564,7 +564,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
             flat[pos] = vals
             target[...] = flat.reshape(t.shape)
     _synthesise_plain(rt, [t for t in coded if t.kind == NETWORK and t.residual is None], slices, dtype,
-                      per_tile=header.version >= 2)
+                      header.version)
     out = slices.reshape(shape)
     if finite is not None:
         out[~finite] = values
@@ -628,18 +628,16 @@ def _decode_stream(rt, coded, data: bytes, finite) -> None:
             t.residual.k = decode_residual(reader.r, t.shape, fin, t.residual.predictor)
 
 
-def _synthesise_plain(rt, tiles, slices, dtype, per_tile: bool) -> None:
-    """Learned-mode tiles: float32 synthesis in batches of one shape and level.
-
-    ``per_tile``: the reference CPU kernel of format version 2 (version 1 chunks decode
-    with version 1's, to the same values as when they were written).
-    """
+def _synthesise_plain(rt, tiles, slices, dtype, version: int) -> None:
+    """Learned-mode tiles: float32 synthesis in batches of one shape and level, with the
+    reference kernel of the chunk's format ``version`` (so older chunks decode to the
+    same values as when they were written)."""
     by_q = {}
     for t in tiles:
         by_q.setdefault(t.quality, []).append(t)
     for q, ts in by_q.items():
         for shape, group in _groups(ts):
-            xn = rt.synthesise(np.stack([t.y for t in group]), q, shape, per_tile=per_tile)
+            xn = rt.synthesise(np.stack([t.y for t in group]), q, shape, version=version)
             for t, x in zip(group, xn):
                 vals = x.astype(np.float64) * float(t.scale) + float(t.offset)
                 if dtype.kind in "iu":

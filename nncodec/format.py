@@ -31,8 +31,8 @@ import numpy as np
 from .errors import CorruptStreamError, FormatError, NewerFormatError
 
 MAGIC = b"NNC"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 # stable dtype codes: never renumber
 DTYPES = {

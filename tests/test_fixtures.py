@@ -19,6 +19,8 @@ EXPECTED_CASES = {
         "all_nan_f4", "small_5d_rel"},
     2: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
         "all_nan_f4", "small_5d_rel"},
+    3: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
+        "all_nan_f4", "small_5d_rel"},
 }
 #: Cases whose chunks hold learned (float32 synthesis) tiles without an error bound.
 LEARNED = {"ts_f4_q4", "ts_f4_q8_fortran"}

@@ -27,9 +27,11 @@ Inside ``models/`` the tensor names follow CompressAI (``g_a``, ``h_s``, ``y_hat
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._compressai import GDN, EntropyBottleneck, GaussianConditional
@@ -128,3 +130,57 @@ class FieldHyperprior(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()
+
+
+def decoder_synthesis(g_s: nn.Sequential) -> nn.Sequential:
+    """The decoder form of a trained synthesis (format version 3's reference network):
+    the same function, computed in fewer, larger operations. Inverse GDNs become one
+    matrix product each; the last transposed convolution (one output channel, which
+    oneDNN runs slowly) becomes a sub-pixel convolution."""
+    mods = [_InverseGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_s]
+    mods[-1] = _SubpixelDeconv(g_s[-1])
+    return nn.Sequential(*mods).eval()
+
+
+class _InverseGDN(nn.Module):
+    """``x * sqrt(beta + gamma @ x**2)`` over channels, with the trained GDN's
+    reparametrised beta and gamma computed once."""
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        if not gdn.inverse:
+            raise ValueError("only the synthesis's inverse GDNs have a decoder form")
+        with torch.no_grad():
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone()[:, None])
+            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(2)
+        return (v * torch.matmul(self.gamma, v * v).add_(self.beta).sqrt_()).view_as(x)
+
+
+class _SubpixelDeconv(nn.Module):
+    """A 5x5, stride-2 transposed convolution (padding 2, output padding 1) as a 3x3
+    convolution to the four output phases followed by a pixel shuffle.
+
+    Output pixel (2i + r) sums input pixels i + d, d in {-1, 0, 1}, through kernel tap
+    r + 2 - 2d (none when that is 5).
+    """
+
+    TAPS = torch.tensor([[4, 2, 0], [5, 3, 1]])  # [phase r][offset d + 1] -> kernel tap
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        geometry = (deconv.kernel_size, deconv.stride, deconv.padding, deconv.output_padding)
+        if geometry != ((5, 5), (2, 2), (2, 2), (1, 1)):
+            raise ValueError(f"sub-pixel form is for 5x5 stride-2 transposed convolutions, not {geometry}")
+        with torch.no_grad():
+            w = F.pad(deconv.weight, (0, 1, 0, 1))  # tap 5 reads zeros
+            t = self.TAPS
+            k = w[:, :, t[:, None, :, None], t[None, :, None, :]]  # (cin, cout, ry, rx, dy, dx)
+            cin, cout = w.shape[:2]
+            self.register_buffer("weight", k.permute(1, 2, 3, 0, 4, 5).reshape(4 * cout, cin, 3, 3).contiguous())
+            self.register_buffer("bias", deconv.bias.detach().repeat_interleave(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, padding=1), 2)

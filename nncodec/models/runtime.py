@@ -9,6 +9,7 @@ one shape, so a GPU sees few large transfers rather than one per tile.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from ..entropy import IntegerHyperSynthesis, Tables
+from ..format import FORMAT_VERSION
 from . import tilepool
-from .hyperprior import CDF_BUFFERS, FieldHyperprior
+from .hyperprior import CDF_BUFFERS, FieldHyperprior, decoder_synthesis
 
 
 #: Adam step size of the latent refinement, in units of the (ungained) latents y
@@ -212,24 +214,28 @@ class Runtime:
 
     @torch.inference_mode()
     def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
-                   reproducible: bool = True, per_tile: bool = True) -> np.ndarray:
+                   reproducible: bool = True, version: int = FORMAT_VERSION) -> np.ndarray:
         """Normalised reconstruction (B, h, w) from latent symbols at quality ``q``.
 
         ``dtype=torch.float64`` runs the synthesis in double precision (used by the
         error-bound layer so that devices agree far inside its safety margin).
         ``reproducible=False`` allows the fastest kernels, whose last bits depend on the
         thread count: for the encoder's search, never for values a decoder returns.
-        ``per_tile`` picks the reproducible CPU kernel of format version 2 (each tile alone
-        on one thread of :mod:`~nncodec.models.tilepool`, oneDNN); ``False`` is version 1's
-        (PyTorch's own kernels, oneDNN off: the same values, several times slower).
+        ``version`` picks the reference float32 kernel of that format version: 3 runs
+        the decoder form of the network (:func:`_decoder_synthesis`), 2 the trained
+        modules, both each tile alone on one thread of :mod:`~nncodec.models.tilepool`
+        (oneDNN); 1 the trained modules with PyTorch's own kernels, oneDNN off (the same
+        values whatever the threads, several times slower).
         """
         gain = self.gains[q - 1].view(1, -1, 1, 1)
         y_hat = torch.from_numpy(y_sym).to(self.device, torch.float32) / gain
-        g_s = self.net.g_s
         if dtype == torch.float64:
-            g_s = _double_synthesis(self.net)
-            y_hat = y_hat.double()
-        if self.device.type == "cpu" and dtype == torch.float32 and (per_tile or not reproducible):
+            g_s, y_hat = _double_synthesis(self.net), y_hat.double()
+        elif version >= 3 or not reproducible:
+            g_s = _decoder_synthesis(self.net)
+        else:
+            g_s = self.net.g_s
+        if self.device.type == "cpu" and dtype == torch.float32 and (version >= 2 or not reproducible):
             # also the encoder's search: the fast kernels, in the memory of one tile per thread
             return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
         if not reproducible:
@@ -322,10 +328,18 @@ def _reproducible_kernels():
 
 
 def _double_synthesis(net: FieldHyperprior) -> torch.nn.Module:
-    cached = getattr(net, "_g_s64", None)
-    if cached is None:
-        import copy
+    return _cached(net, "_g_s64", lambda: copy.deepcopy(net.g_s).double())
 
-        cached = copy.deepcopy(net.g_s).double()
-        object.__setattr__(net, "_g_s64", cached)
+
+def _decoder_synthesis(net: FieldHyperprior) -> torch.nn.Module:
+    return _cached(net, "_g_s_decoder", lambda: decoder_synthesis(net.g_s))
+
+
+def _cached(net: FieldHyperprior, name: str, make) -> torch.nn.Module:
+    """A derived, inference-only form of the network's synthesis, made once per network
+    (kept outside the module tree, so it never enters a state dict)."""
+    cached = getattr(net, name, None)
+    if cached is None:
+        cached = make()
+        object.__setattr__(net, name, cached)
     return cached
