@@ -75,6 +75,7 @@ def network_macs(codec: NNCodec, edge: int = 256) -> dict:
     """Multiply-adds per value of the analysis and synthesis transforms on one tile."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nncodec.models.runtime import _decoder_synthesis
     from nncodec.weights import load
 
     rt = load(codec.model)
@@ -83,6 +84,7 @@ def network_macs(codec: NNCodec, edge: int = 256) -> dict:
     with torch.no_grad():
         y = rt.net.g_a(x)
         for name, fn, arg in (("analysis g_a", rt.net.g_a, x), ("synthesis g_s", rt.net.g_s, y),
+                              ("g_s in its decoder form (format v3)", _decoder_synthesis(rt.net), y),
                               ("hyper-analysis h_a", rt.net.h_a, y)):
             counter = FlopCounterMode(display=False)
             with counter:
@@ -114,12 +116,15 @@ def main() -> None:
     write_json(args.docs / "results" / "speed.json", result)
 
     env = environment_info()
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     lines = [
         "# Speed",
         "",
         f"Written by `python benchmarks/speed.py`: {env['cpu']}, {env['cores']} cores, torch threads "
-        f"{torch.get_num_threads()}, no GPU. MB/s of float32 input (10^6 bytes), fastest of 3 repeats; "
-        "SZ3 and SPERR at a 1e-3 relative error bound on the same slices in the same run.",
+        f"{torch.get_num_threads()}, {gpu}. MB/s of float32 input (10^6 bytes), fastest of 3 repeats; "
+        "SZ3 and SPERR at a 1e-3 relative error bound on the same slices in the same run. Where torch "
+        "sees a GPU the same command adds nncodec rows with the network on CUDA (`... cuda`; "
+        "`nncodec bench --speed FILES` does the same for your own fields).",
         "",
         "```",
         speed_table(result),

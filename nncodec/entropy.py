@@ -294,7 +294,7 @@ class StreamReader:
     def _decode(self, indexes: np.ndarray, table) -> np.ndarray:
         local, used = _used_tables(indexes, table)
         out = self.dec.decode_stream(local.astype(np.int32).ravel().tolist(), *used)
-        return np.asarray(out, dtype=np.int32).reshape(local.shape)
+        return np.fromiter(out, dtype=np.int32, count=len(out)).reshape(local.shape)
 
     def parts(self, which: str, indexes: list) -> list[np.ndarray]:
         """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``), in one

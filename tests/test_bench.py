@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nncodec.bench import Compressor, available_baselines, run_bench, run_speed
+from nncodec.bench.run import _speed_devices
 from nncodec.bench import baselines as baselines_mod
 from nncodec.bench.metrics import bd_rate, bits_per_value, compression_ratio, distortion_metrics, psnr_db, timed
 from nncodec.fidelity import fidelity_report
@@ -214,5 +215,7 @@ def test_run_speed_prints_ratios(tas, tmp_path, capsys):
     assert all(p["encode_mbps"] > 0 and p["decode_mbps"] > 0 for p in var["points"])
     assert (tmp_path / "speed.json").exists()
     if any(p["codec"] == "nncodec" for p in var["points"]):
+        # the CPU always, CUDA too where torch sees a GPU (never in CI)
+        assert [p["device"] for p in var["points"] if p["codec"] == "nncodec"] == _speed_devices()
         assert {r["baseline"] for r in var["ratios"]} == {"sz3", "sperr"}
         assert "nncodec quality 1 / sz3" in capsys.readouterr().out

@@ -119,6 +119,8 @@ def _setting_text(p: dict) -> str:
     text = f"{p['mode']}={_fmt(p['setting'], 3)}"
     if p["mode"] == "abs_error":  # nncodec's bound is given relative to R in the benchmark
         text += "·R"
+    if p.get("device", "cpu") != "cpu":
+        text += f" {p['device']}"
     return text + (f" (keepbits {extra})" if extra is not None else "")
 
 
@@ -208,8 +210,9 @@ def speed_table(result: dict) -> str:
                 f"  {p['codec']:<10} {_setting_text(p):<22} {p['encode_mbps']:>10.3g} {p['decode_mbps']:>10.3g}"
             )
         for r in var["ratios"]:
+            on = f" on {r['device']}" if r.get("device", "cpu") != "cpu" else ""
             lines.append(
-                f"  nncodec quality {r['quality']} / {r['baseline']}: "
+                f"  nncodec quality {r['quality']}{on} / {r['baseline']}: "
                 f"encode {r['encode_ratio']:.3g}x, decode {r['decode_ratio']:.3g}x"
             )
     return "\n".join(lines)

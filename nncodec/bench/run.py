@@ -23,7 +23,8 @@ from .metrics import bd_rate, bits_per_value, compression_ratio, distortion_metr
 
 __all__ = ["run_bench", "run_speed"]
 
-#: Slices up to this many bytes are timed as the best of ``repeats`` runs.
+#: In rate-distortion runs, slices up to this many bytes are timed as the best of
+#: ``repeats`` runs and larger ones once; speed runs time every slice ``repeats`` times.
 _SMALL_BYTES = 4 * 2**20
 #: Edge of the crop used to warm a codec up (model loading, JIT) before timing.
 _WARMUP_EDGE = 32
@@ -214,11 +215,11 @@ def _warm_up(coder, fld: _Field) -> None:
     coder.decode(coder.encode(crop), crop)
 
 
-def _measure(coder, fld: _Field, repeats: int):
+def _measure(coder, fld: _Field, repeats: int, repeat_large: bool):
     """Encode and decode every slice; return (bytes, encode s, decode s, decoded stack)."""
     n_bytes, enc_s, dec_s, decoded = 0, 0.0, 0.0, []
     for sl in fld.slices:
-        reps = repeats if sl.nbytes <= _SMALL_BYTES else 1
+        reps = repeats if repeat_large or sl.nbytes <= _SMALL_BYTES else 1
         buf, t_enc = timed(coder.encode, sl, repeats=reps)
         out, t_dec = timed(coder.decode, buf, sl, repeats=reps)
         n_bytes += len(buf)
@@ -239,23 +240,31 @@ def _settings(nn_cls, qualities, error_bounds, target_psnrs, baselines) -> list[
     return out
 
 
-def _coder(nn_cls, codec: str, mode: str, value, value_range: float):
+def _coder(nn_cls, codec: str, mode: str, value, value_range: float, device: str | None = None):
     """A coder with ``encode``, ``decode(buf, like)`` and ``last_params``.
 
     Error bounds are relative to the finite range of the selected slices, the same
-    absolute bound for nncodec and the baselines.
+    absolute bound for nncodec and the baselines. ``device``: nncodec's, if given.
     """
     scale = value_range if value_range > 0 else 1.0
     if codec != "nncodec":
         return Compressor(codec, value, value_range=scale)
     kwargs = {"quality": {"quality": value}, "abs_error": {"abs_error": value * scale}, "target_psnr": {"target_psnr": value}}
-    return _NNCodecCoder(nn_cls, kwargs[mode])
+    return _NNCodecCoder(nn_cls, {**kwargs[mode], **({"device": device} if device else {})})
+
+
+def _speed_devices() -> list[str]:
+    """The CPU, and CUDA when torch sees a GPU."""
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def _run_point(coder, fld: _Field, repeats: int, with_fidelity: bool):
-    """Measure one setting; return its point dict."""
+    """Measure one setting; return its point dict (a speed run, without fidelity, times
+    large slices ``repeats`` times too)."""
     _warm_up(coder, fld)
-    n_bytes, enc_s, dec_s, decoded = _measure(coder, fld, repeats)
+    n_bytes, enc_s, dec_s, decoded = _measure(coder, fld, repeats, repeat_large=not with_fidelity)
     orig_bytes = fld.slices.nbytes
     point = {
         "bytes": n_bytes,
@@ -457,8 +466,9 @@ def run_speed(
     max_slices: int = 4,
     repeats: int = 3,
     progress: bool = True,
+    devices=None,
 ) -> dict:
-    """Encode/decode throughput of nncodec per quality against SZ3 and SPERR.
+    """Encode/decode throughput of nncodec per quality (and device) against SZ3 and SPERR.
 
     Every codec runs on the same slices (see :func:`run_bench`); the baselines at
     one relative error bound. Throughput is original bytes / best wall time, in
@@ -475,31 +485,39 @@ def run_speed(
         Baselines to compare with.
     error_bound : float
         Baselines' error bound relative to the value range.
+    devices : sequence of str, optional
+        Where nncodec's network runs: default ``["cpu"]``, plus ``"cuda"`` when torch
+        sees a GPU.
 
     Returns
     -------
     dict
         ``meta`` and ``variables``: per variable its ``points`` (codec, mode,
-        setting, ``encode_mbps``, ``decode_mbps``, bytes) and ``ratios``.
+        setting, ``device`` for nncodec, ``encode_mbps``, ``decode_mbps``, bytes) and
+        ``ratios``.
     """
     if not 0 < error_bound <= 1:
         raise ValueError(f"error_bound must lie in (0, 1], got {error_bound!r}")
     plan = _plan(inputs, variables, max_slices, repeats, baselines, nncodec, qualities)
     nn_cls, fields = plan.nn_cls, plan.fields
-    settings = _settings(nn_cls, plan.qualities, [], [], []) + [(n, "rel_bound", error_bound) for n in plan.baselines]
+    devices = list(devices) if devices is not None else _speed_devices()
+    settings = [(*s, d) for s in _settings(nn_cls, plan.qualities, [], [], []) for d in devices]
+    settings += [(n, "rel_bound", error_bound, None) for n in plan.baselines]
     bar = _Progress(len(settings) * len(fields), progress)
     results = []
     try:
         for fld in fields:
             points = []
-            for codec, mode, value in settings:
-                bar.step(f"{fld.name} {codec} {mode}={value:g}")
-                coder = _coder(nn_cls, codec, mode, value, fld.value_range)
+            for codec, mode, value, device in settings:
+                bar.step(f"{fld.name} {codec} {mode}={value:g}" + (f" {device}" if device else ""))
+                coder = _coder(nn_cls, codec, mode, value, fld.value_range, device)
                 point = _run_point(coder, fld, repeats, with_fidelity=False)
-                points.append({"codec": codec, "mode": mode, "setting": value, **point})
+                points.append({"codec": codec, "mode": mode, "setting": value, **({"device": device} if device else {}),
+                               **point})
             ratios = [
                 {
                     "quality": nn["setting"],
+                    "device": nn["device"],
                     "baseline": base["codec"],
                     "encode_ratio": nn["encode_mbps"] / base["encode_mbps"],
                     "decode_ratio": nn["decode_mbps"] / base["decode_mbps"],
