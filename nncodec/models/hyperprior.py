@@ -134,29 +134,38 @@ class FieldHyperprior(nn.Module):
 
 def decoder_synthesis(g_s: nn.Sequential) -> nn.Sequential:
     """The decoder form of a trained synthesis (format version 3's reference network):
-    the same function, computed in fewer, larger operations. Inverse GDNs become one
-    matrix product each; the last transposed convolution (one output channel, which
+    the same function, computed in fewer, faster operations. Activations are kept
+    channels-last, the layout oneDNN's convolutions run fastest in; inverse GDNs become
+    one matrix product each; the last transposed convolution (one output channel, which
     oneDNN runs slowly) becomes a sub-pixel convolution."""
     mods = [_InverseGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_s]
     mods[-1] = _SubpixelDeconv(g_s[-1])
-    return nn.Sequential(*mods).eval()
+    return nn.Sequential(_ChannelsLast(), *mods).to(memory_format=torch.channels_last).eval()
+
+
+class _ChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class _InverseGDN(nn.Module):
     """``x * sqrt(beta + gamma @ x**2)`` over channels, with the trained GDN's
-    reparametrised beta and gamma computed once."""
+    reparametrised beta and gamma computed once; one matrix product over the
+    channels-last pixels."""
 
     def __init__(self, gdn: GDN):
         super().__init__()
         if not gdn.inverse:
             raise ValueError("only the synthesis's inverse GDNs have a decoder form")
         with torch.no_grad():
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone()[:, None])
-            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).detach().clone())
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
+            self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).detach().t().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = x.flatten(2)
-        return (v * torch.matmul(self.gamma, v * v).add_(self.beta).sqrt_()).view_as(x)
+        b, c, h, w = x.shape
+        v = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view of channels-last activations
+        out = v * torch.addmm(self.beta, v * v, self.gamma_t).sqrt_()
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class _SubpixelDeconv(nn.Module):
