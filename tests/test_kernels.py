@@ -1,7 +1,7 @@
 """The decoder's fast paths compute what their plain definitions do: the integer
 hyper-synthesis with float32 convolutions gives the float64 integers, the logarithmic
 bucketing gives searchsorted's indexes, and the decoder form of the synthesis (format
-version 3's kernel) is the trained network."""
+version 3's kernel) and the encoder's form of the analysis are the trained networks."""
 
 import copy
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from nncodec.entropy import ACT_FRAC_BITS, MAX_EXACT_F32, _abs_max
-from nncodec.models.hyperprior import decoder_synthesis
+from nncodec.models.hyperprior import decoder_synthesis, encoder_analysis
 from nncodec.weights import load
 
 from conftest import load_field
@@ -89,5 +89,15 @@ def test_decoder_synthesis_is_the_trained_network(rt, y_shape):
     y = torch.from_numpy(np.random.default_rng(1).normal(0, 2, (3, g_s[0].in_channels, *y_shape)))
     with torch.no_grad():
         want, got = g_s(y), fast(y)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 1e-10 * float(want.abs().max())
+
+
+def test_encoder_analysis_is_the_trained_network(rt):
+    g_a = copy.deepcopy(rt.net.g_a).double()
+    fast = encoder_analysis(g_a)
+    x = torch.from_numpy(np.random.default_rng(2).random((2, 1, 80, 144)))
+    with torch.no_grad():
+        want, got = g_a(x), fast(x)
     assert got.shape == want.shape
     assert float((got - want).abs().max()) < 1e-10 * float(want.abs().max())

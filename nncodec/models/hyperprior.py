@@ -135,11 +135,18 @@ class FieldHyperprior(nn.Module):
 def decoder_synthesis(g_s: nn.Sequential) -> nn.Sequential:
     """The decoder form of a trained synthesis (format version 3's reference network):
     the same function, computed in fewer, faster operations. Activations are kept
-    channels-last, the layout oneDNN's convolutions run fastest in; inverse GDNs become
-    one matrix product each; the last transposed convolution (one output channel, which
+    channels-last, the layout oneDNN's convolutions run fastest in; GDNs become one
+    matrix product each; the last transposed convolution (one output channel, which
     oneDNN runs slowly) becomes a sub-pixel convolution."""
-    mods = [_InverseGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_s]
+    mods = [_FastGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_s]
     mods[-1] = _SubpixelDeconv(g_s[-1])
+    return nn.Sequential(_ChannelsLast(), *mods).to(memory_format=torch.channels_last).eval()
+
+
+def encoder_analysis(g_a: nn.Sequential) -> nn.Sequential:
+    """The encoder's form of a trained analysis: the same function, channels-last, with
+    each GDN as one matrix product (as in :func:`decoder_synthesis`)."""
+    mods = [_FastGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_a]
     return nn.Sequential(_ChannelsLast(), *mods).to(memory_format=torch.channels_last).eval()
 
 
@@ -148,15 +155,14 @@ class _ChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
 
-class _InverseGDN(nn.Module):
-    """``x * sqrt(beta + gamma @ x**2)`` over channels, with the trained GDN's
-    reparametrised beta and gamma computed once; one matrix product over the
-    channels-last pixels."""
+class _FastGDN(nn.Module):
+    """``x / sqrt(beta + gamma @ x**2)`` over channels (``x * sqrt(...)`` when inverse),
+    with the trained GDN's reparametrised beta and gamma computed once; one matrix
+    product over the channels-last pixels."""
 
     def __init__(self, gdn: GDN):
         super().__init__()
-        if not gdn.inverse:
-            raise ValueError("only the synthesis's inverse GDNs have a decoder form")
+        self.inverse = gdn.inverse
         with torch.no_grad():
             self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
             self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).detach().t().contiguous())
@@ -164,7 +170,8 @@ class _InverseGDN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         v = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view of channels-last activations
-        out = v * torch.addmm(self.beta, v * v, self.gamma_t).sqrt_()
+        norm = torch.addmm(self.beta, v * v, self.gamma_t)
+        out = v * (norm.sqrt_() if self.inverse else norm.rsqrt_())
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 

@@ -19,7 +19,7 @@ import torch
 from ..entropy import IntegerHyperSynthesis, Tables
 from ..format import FORMAT_VERSION
 from . import tilepool
-from .hyperprior import CDF_BUFFERS, FieldHyperprior, decoder_synthesis
+from .hyperprior import CDF_BUFFERS, FieldHyperprior, decoder_synthesis, encoder_analysis
 
 
 #: Adam step size of the latent refinement, in units of the (ungained) latents y
@@ -88,7 +88,9 @@ class Runtime:
         kernels without oversubscribing the cores).
         """
         x = torch.from_numpy(x).to(self.device)
-        return tilepool.map_tiles(self.net.g_a, x) if self.device.type == "cpu" else self.net.g_a(x)
+        g_a = _cached(self.net, "_g_a_encoder", lambda: encoder_analysis(self.net.g_a))
+        y = tilepool.map_tiles(g_a, x) if self.device.type == "cpu" else g_a(x)
+        return y.contiguous()  # g_a's form works channels-last; the rest of the encoder in NCHW
 
     @torch.inference_mode()
     def quantise(self, y: torch.Tensor, q: int) -> dict:
