@@ -97,15 +97,17 @@ class NNCodec(Codec):
         A shipped model id (see ``nncodec models``) or the path of a weights file written
         by ``nncodec train``. Default: the shipped default model.
     device : {"auto", "cpu", "cuda"}
-        Where the network runs; ``"auto"`` uses CUDA when available. The bytes decode the
-        same on any device.
+        Where the network runs; ``"auto"`` uses CUDA when available. The bytes decode on
+        any device to the same symbols; learned values agree to float32 rounding and error
+        bounds hold everywhere (docs/format.md).
     abs_error : float, optional
         Every finite decoded value is within ``abs_error`` of the original.
     rel_error : float, optional
         As ``abs_error`` with ``rel_error * (finite range of the chunk)``, per chunk.
     target_psnr : float, optional
         The chunk's PSNR, 20 log10(range / RMSE), is at least this, for as few bits as
-        the encoder finds.
+        the encoder finds: the lowest quality level that passes (found by bisection, 3-4
+        trial encodes) or an error bound from the residual layer, whichever is smaller.
     tile : int
         Largest tile edge; larger slices are cut into nearly equal tiles.
     refine : int
@@ -248,8 +250,16 @@ class NNCodec(Codec):
             out = self.decode(buf).astype(np.float64)
             return math.sqrt(float(np.mean((out[finite] - data[finite]) ** 2))) <= rmse_target
 
-        levels = [self.quality] if self.quality else range(1, self._runtime().qualities + 1)
-        candidates = [buf for buf in (self._encode(arr, q, None) for q in levels) if passes(buf)]
+        levels = [self.quality] if self.quality else list(range(1, self._runtime().qualities + 1))
+        # quality and bits rise with the level: bisect for the lowest level that passes
+        candidates, lo, hi = [], 0, len(levels) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            buf = self._encode(arr, levels[mid], None)
+            if passes(buf):
+                candidates, hi = [buf], mid - 1
+            else:
+                lo = mid + 1
         # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
         # equal to the target RMSE passes whatever the data
         for bound in (math.sqrt(3.0) * rmse_target, rmse_target):
