@@ -13,8 +13,8 @@ always runs on the CPU and gives identical integers everywhere.
 
 Speed without giving that up: a convolution runs in float32 (oneDNN's fast kernels)
 whenever a bound computed from its weights and inputs proves every partial sum an
-integer below 2**24, which float32 holds exactly in any summation order; otherwise in
-float64. Each tile runs alone on a thread of :mod:`nncodec.models.tilepool`.
+integer below 2**24, which float32 holds exactly in any summation order; larger
+activations are split into digits that keep that bound.
 
 One range-coded stream per chunk carries, in order: the hyper-latents of every
 network tile, their latents, then the residual symbols of the error-bound layer.
@@ -199,12 +199,14 @@ def _abs_max(t: torch.Tensor) -> float:
 
 
 def _float32_is_ieee() -> bool:
-    """Whether oneDNN's float32 convolutions compute in float32 (not TF32 or bfloat16,
-    which a user can ask for process-wide and which would not be exact)."""
+    """Whether float32 convolutions and matrix products on the CPU compute in float32
+    (not TF32 or bfloat16, which a user can ask for process-wide and which would not be
+    exact); if not, the integer hyper-synthesis runs in float64."""
     mk = torch.backends.mkldnn
     settings = [getattr(torch.backends, "fp32_precision", "none"), getattr(mk, "fp32_precision", "none"),
-                getattr(getattr(mk, "conv", None), "fp32_precision", "none")]
-    return all(v in ("none", "ieee") for v in settings)
+                getattr(getattr(mk, "conv", None), "fp32_precision", "none"),
+                getattr(getattr(mk, "matmul", None), "fp32_precision", "none")]
+    return all(v in ("none", "ieee") for v in settings) and torch.get_float32_matmul_precision() == "highest"
 
 
 class Tables:

@@ -69,6 +69,17 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     assert len(np.unique(got)) > 5  # the comparison covers many scale indexes
 
 
+def test_integer_hyper_synthesis_stays_exact_when_float32_is_relaxed(rt):
+    """A user who lets float32 matrix products run in bfloat16 gets the float64 path."""
+    z_hat, y_shape = _hyper_latents(rt, 4)
+    want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        np.testing.assert_array_equal(rt.int_hs.indexes(z_hat, y_shape), want)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
 def test_bucketing_matches_searchsorted_at_and_around_every_threshold(rt):
     ih = rt.int_hs
     thr = ih.thresholds

@@ -338,8 +338,8 @@ def _decoder_synthesis(net: FieldHyperprior) -> torch.nn.Module:
 
 
 def _cached(net: FieldHyperprior, name: str, make) -> torch.nn.Module:
-    """A derived, inference-only form of the network's synthesis, made once per network
-    (kept outside the module tree, so it never enters a state dict)."""
+    """A derived, inference-only form of one of the network's transforms, made once per
+    network (kept outside the module tree, so it never enters a state dict)."""
     cached = getattr(net, name, None)
     if cached is None:
         cached = make()
