@@ -32,8 +32,7 @@ from . import format as fmt
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
-from .residual import (GROUP_TILES, PREDICTORS, ResidualCode, decode_residuals, encode_residual, group_stream,
-                       quantisation_step, reconstruct)
+from .residual import PREDICTORS, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
 _HAS_RESIDUAL = 0x80  # NETWORK | this flag: a residual follows the network
@@ -497,8 +496,9 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
             w.z(np.concatenate([t.z.ravel() for t in nets]),
                 np.concatenate([np.broadcast_to(np.arange(t.z.shape[0])[:, None, None], t.z.shape).ravel() for t in nets]))
             w.y(np.concatenate([t.y.ravel() for t in nets]), np.concatenate([t.idx.ravel() for t in nets]))
-        for _, _, group in _residual_groups(coded):
-            w.r(*group_stream([t.residual for t in group]))
+        for t in coded:
+            if t.residual is not None:
+                w.r(t.residual.symbols, t.residual.indexes)
         out += w.finish()
     return bytes(out)
 
@@ -554,7 +554,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     if coded:
         rt = _decoder_runtime(header, device, model)
         tile_finite = finite.reshape(slices.shape) if finite is not None else None
-        _decode_stream(rt, coded, bytes(r.rest()), tile_finite, header.version)
+        _decode_stream(rt, coded, bytes(r.rest()), tile_finite)
     for t in tiles:
         target = slices[t.slice, t.rows, t.cols]
         if t.kind == EMPTY:
@@ -608,7 +608,7 @@ def _decoder_runtime(header, device, model):
     return rt
 
 
-def _decode_stream(rt, coded, data: bytes, finite, version: int) -> None:
+def _decode_stream(rt, coded, data: bytes, finite) -> None:
     from .entropy import StreamReader
 
     reader = StreamReader(rt.tables, data)
@@ -631,29 +631,11 @@ def _decode_stream(rt, coded, data: bytes, finite, version: int) -> None:
             t.idx = i
     for t, y in zip(nets, reader.parts("y", [t.idx for t in nets])):
         t.y = y
-    for shape, predictor, group in _residual_groups(coded, version):
-        # non-finite positions carry no residual symbols: the mask is known before the stream
-        fin = np.stack([_tile_mask(t, finite) for t in group])
-        for t, k in zip(group, decode_residuals(reader.r, shape, fin, predictor)):
-            t.residual.k = k
-
-
-def _residual_groups(tiles, version: int = fmt.FORMAT_VERSION):
-    """The tiles with a residual as the stream codes them: from format version 3 groups
-    of one shape and predictor in the order of their first tile, at most ``GROUP_TILES``
-    tiles each (fixed by the format, never by settings); before, one tile at a time."""
-    if version < 3:
-        for t in tiles:
-            if t.residual is not None:
-                yield t.shape, t.residual.predictor, [t]
-        return
-    by_key = {}
-    for t in tiles:
+    for t in coded:
         if t.residual is not None:
-            by_key.setdefault((t.shape, t.residual.predictor), []).append(t)
-    for (shape, predictor), group in by_key.items():
-        for i in range(0, len(group), GROUP_TILES):
-            yield shape, predictor, group[i : i + GROUP_TILES]
+            # non-finite positions carry no residual symbols: the mask is known before the stream
+            fin = _tile_mask(t, finite)
+            t.residual.k = decode_residual(reader.r, t.shape, fin, t.residual.predictor)
 
 
 def _synthesise_plain(rt, tiles, slices, dtype, version: int) -> None:

@@ -63,9 +63,6 @@ FRACTION = 15
 MAX_SYMBOL = 1 << 28  # the range coder holds symbols in int32 and doubles escaped ones
 MIN_CONTEXT = 64  # passes with fewer coded values use one table: side information would cost more
 PREDICTORS = {"none": 0, "cubic": 1}
-#: residual tiles of one shape and predictor share the stream, pass by pass, in groups of
-#: at most this many (format version 3; see :func:`group_stream`)
-GROUP_TILES = 16
 _FIX = 64  # fixed-point fraction bits of the table construction
 
 
@@ -207,22 +204,19 @@ def _context(even_k: np.ndarray, even_r: np.ndarray, n_odd: int) -> np.ndarray:
 def _walk(predictor: int, visit, k: np.ndarray, r: np.ndarray, finite: np.ndarray, *extra: np.ndarray) -> None:
     """Run the passes over ``k`` (int64 ``K``, filled in place) and ``r`` (the residuals).
 
-    Arrays are (h, w, tiles): the tiles of a group walk together. ``visit(prediction,
-    context, k_odd, r_odd, finite_odd, *extra_odd)`` gets each pass's odd rows as views
-    (rows and columns swapped for column passes) and fills ``k_odd`` and ``r_odd``;
+    ``visit(prediction, context, k_odd, r_odd, finite_odd, *extra_odd)`` gets each pass's
+    odd rows as views (transposed for column passes) and fills ``k_odd`` and ``r_odd``;
     predictions are in units of ``K``.
     """
-    for s, axis in _passes(k.shape[:2]):
+    for s, axis in _passes(k.shape):
         cut = (slice(None, None, s), slice(None, None, 2 * s if axis == 0 else s))
-        ks, rs, *others = (np.swapaxes(a[cut], 0, 1) if axis else a[cut] for a in (k, r, finite) + extra)
+        ks, rs, *others = (a[cut].T if axis else a[cut] for a in (k, r, finite) + extra)
         n_odd = ks.shape[0] // 2
         if n_odd == 0:
             continue
         pred = _predict(ks[0::2], n_odd, predictor)
-        # per tile: contexts only where the pass codes enough values to pay for them
-        use = np.count_nonzero(others[0][1::2], axis=(0, 1)) >= MIN_CONTEXT
-        if use.any():
-            ctx = np.where(use, _context(ks[0::2], rs[0::2], n_odd), 0)
+        if np.count_nonzero(others[0][1::2]) >= MIN_CONTEXT:
+            ctx = _context(ks[0::2], rs[0::2], n_odd)
         else:
             ctx = np.zeros(pred.shape, dtype=np.int64)
         visit(pred, ctx, ks[1::2], rs[1::2], *(o[1::2] for o in others))
@@ -232,17 +226,13 @@ def _walk(predictor: int, visit, k: np.ndarray, r: np.ndarray, finite: np.ndarra
 @dataclass
 class ResidualCode:
     """A tile's residual: its predictor, the decoded ``k`` (multiples of ``1 / FRACTION``),
-    the (symbol, table) pairs in the tile's own order with their estimated size in bits,
-    and the same pairs cut into ``parts``: ``(slot, symbols, indexes)``, slot ``(pass,
-    part)`` with part 0 side information, 1 values, 2 and 3 raw bits (the root is slot
-    ``(-1, 0)``), which :func:`group_stream` interleaves with other tiles'."""
+    and the (symbol, table) pairs in stream order with their estimated size in bits."""
 
     predictor: int
     k: np.ndarray | None = None
     symbols: np.ndarray | None = None
     indexes: np.ndarray | None = None
     bits: float = 0.0
-    parts: list | None = None
 
 
 def _choose(values: np.ndarray, ctx: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +294,7 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
     ResidualCode or None
         None when a symbol would not fit the range coder (``|y|`` near ``MAX_SYMBOL``).
     """
-    k = np.zeros(y.shape + (1,), dtype=np.int64)
+    k = np.zeros(y.shape, dtype=np.int64)
     r = np.zeros_like(k)
     root = np.rint(y.flat[0] if finite.flat[0] else np.median(y[finite]) if finite.any() else 0.0)
     if abs(root) >= MAX_SYMBOL:
@@ -322,95 +312,77 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
         pieces.append((r_odd[fo], ctx[fo]))
 
     try:
-        _walk(predictor, visit, k, r, finite[..., None], y[..., None])
+        _walk(predictor, visit, k, r, finite, y)
     except OverflowError:
         return None
-    parts = [((-1, 0), np.array([int(root)]), np.array([ROOT_TABLE]))]
+    symbols, indexes = [np.array([int(root)])], [np.array([ROOT_TABLE])]
     start = SIDE_START
-    for pass_, (values, ctx) in enumerate(pieces):
+    for values, ctx in pieces:
         if values.size == 0:
             continue
         present, virtual = _choose(values, ctx, tables)
-        parts.append(((pass_, 0), _side_symbols(present, virtual, start), np.full(len(present), SIDE_TABLE)))
+        symbols.append(_side_symbols(present, virtual, start))
+        indexes.append(np.full(len(present), SIDE_TABLE))
         start = int(virtual[0])
         table, shift = split_virtual(virtual[np.searchsorted(present, ctx)])
-        parts.append(((pass_, 1), values // (1 << shift), table))
+        symbols.append(values // (1 << shift))
+        indexes.append(table)
         low = values % (1 << shift)
-        for j, (first, width) in enumerate(_raw_pieces(shift)):
+        for first, width in _raw_pieces(shift):
             has = width > 0
-            parts.append(((pass_, 2 + j), low[has] // (1 << first) % (1 << width[has]), N_LAPLACE + width[has] - 1))
-    code = ResidualCode(predictor, k[..., 0] / FRACTION, np.concatenate([p[1] for p in parts]),
-                        np.concatenate([p[2] for p in parts]).astype(np.int32), parts=parts)
+            symbols.append(low[has] // (1 << first) % (1 << width[has]))
+            indexes.append(N_LAPLACE + width[has] - 1)
+    code = ResidualCode(predictor, k / FRACTION, np.concatenate(symbols), np.concatenate(indexes).astype(np.int32))
     code.bits = float(tables.symbol_bits("r", code.symbols, code.indexes).sum())
     return code
 
 
-def group_stream(codes: list[ResidualCode]) -> tuple[np.ndarray, np.ndarray]:
-    """(symbols, table indexes) of a group of tiles' residuals in stream order: slot by
-    slot (the roots, then per pass side information, values and raw bits), and within a
-    slot tile by tile, as :func:`decode_residuals` reads them."""
-    slots = sorted({slot for code in codes for slot, _, _ in code.parts})
-    by_slot = [{slot: (sym, idx) for slot, sym, idx in code.parts} for code in codes]
-    pairs = [parts[slot] for slot in slots for parts in by_slot if slot in parts]
-    return (np.concatenate([sym for sym, _ in pairs]).astype(np.int64),
-            np.concatenate([idx for _, idx in pairs]).astype(np.int32))
-
-
 # -- decoding ----------------------------------------------------------------------------
-def decode_residuals(read, shape: tuple[int, int], finite: np.ndarray, predictor: int) -> np.ndarray:
-    """Rebuild the ``k`` of a group of tiles (same shape and predictor) from the stream.
+def decode_residual(read, shape: tuple[int, int], finite: np.ndarray, predictor: int) -> np.ndarray:
+    """Rebuild a tile's ``k`` from the range-coded stream.
 
     Parameters
     ----------
     read : callable
         ``read(indexes)`` decodes one symbol per table index (int64 array), in order.
     shape : tuple of int
-        The tiles' shape.
+        The tile's shape.
     finite : numpy.ndarray
-        (tiles, h, w) bool, the positions that carry symbols.
+        2D bool, the positions that carry symbols.
     predictor : int
-        The tiles' predictor, a value of ``PREDICTORS``.
+        The tile's predictor, a value of ``PREDICTORS``.
 
     Returns
     -------
     numpy.ndarray
-        (tiles, h, w) float64 multiples of ``1 / FRACTION``, exactly those of the
-        encoder's ``ResidualCode.k``.
+        float64 multiples of ``1 / FRACTION``, exactly those of the encoder's ``ResidualCode.k``.
 
     Raises
     ------
     CorruptStreamError
         When a table choice falls outside the tables.
     """
-    n = finite.shape[0]
-    k = np.zeros(tuple(shape) + (n,), dtype=np.int64)
+    k = np.zeros(shape, dtype=np.int64)
     r = np.zeros_like(k)
-    k[0, 0] = FRACTION * read(np.full(n, ROOT_TABLE))
-    start = [SIDE_START] * n
+    k.flat[0] = FRACTION * read(np.array([ROOT_TABLE]))[0]
+    start = [SIDE_START]
 
     def visit(pred, ctx, k_odd, r_odd, fo):
-        ctxs = [ctx[:, :, b][fo[:, :, b]] for b in range(n)]
-        live = [b for b in range(n) if ctxs[b].size]
-        if live:
-            present = [np.unique(ctxs[b]) for b in live]
-            side = read(np.full(sum(len(p) for p in present), SIDE_TABLE))
-            cuts = np.cumsum([len(p) for p in present])[:-1]
-            virtual = []
-            for b, p, diffs in zip(live, present, np.split(side, cuts)):
-                v = _side_decode(p, diffs, start[b])
-                start[b] = int(v[0])
-                virtual.append(v[np.searchsorted(p, ctxs[b])])
-            table, shift = split_virtual(np.concatenate(virtual))
+        c = ctx[fo]
+        if c.size:
+            present = np.unique(c)
+            virtual = _side_decode(present, read(np.full(len(present), SIDE_TABLE)), start[0])
+            start[0] = int(virtual[0])
+            table, shift = split_virtual(virtual[np.searchsorted(present, c)])
             values = read(table) * (1 << shift)
             for first, width in _raw_pieces(shift):
                 has = width > 0
                 values[has] += read(N_LAPLACE + width[has] - 1) * (1 << first)
-            for b, v in zip(live, np.split(values, np.cumsum([ctxs[b].size for b in live])[:-1])):
-                r_odd[:, :, b][fo[:, :, b]] = v
+            r_odd[fo] = values
         k_odd[...] = pred + FRACTION * r_odd
 
-    _walk(predictor, visit, k, r, np.moveaxis(finite, 0, -1))
-    return np.moveaxis(k, -1, 0) / FRACTION
+    _walk(predictor, visit, k, r, finite)
+    return k / FRACTION
 
 
 def quantisation_step(bound: float, dtype: np.dtype, max_abs: float, max_scale: float, uses_network: bool) -> float:

@@ -9,13 +9,11 @@ from nncodec import NNCodec
 from nncodec.entropy import StreamReader, StreamWriter
 from nncodec.errors import CorruptStreamError
 from nncodec.residual import (
-    GROUP_TILES,
     MAX_SYMBOL,
     N_LAPLACE,
     PREDICTORS,
-    decode_residuals,
+    decode_residual,
     encode_residual,
-    group_stream,
     residual_tables,
 )
 from nncodec.weights import load
@@ -42,11 +40,6 @@ def replay(code):
 
     read.pos = pos
     return read
-
-
-def decode_residual(read, shape, finite, predictor):
-    """One tile decoded alone: a group of one, whose stream order is the tile's own."""
-    return decode_residuals(read, shape, finite[None], predictor)[0]
 
 
 def round_trip(y, finite, predictor, tables):
@@ -108,40 +101,6 @@ def test_range_coded_round_trip(tables):
     reader = StreamReader(tables, w.finish())
     for c in codes:
         assert np.array_equal(decode_residual(reader.r, (31, 47), finite, c.predictor), c.k)
-
-
-def test_grouped_stream_round_trip(tables):
-    """Tiles of one group share the stream step by step (format v3): different scales,
-    masks (one tile with no finite odd positions in most passes) and tile counts."""
-    rng = np.random.default_rng(12)
-    shape = (29, 45)
-    ys = [rng.normal(0, s, shape).cumsum(axis=0) for s in (0.2, 3.0, 40.0, 9e3, 1.0)]
-    finite = rng.random((len(ys),) + shape) > rng.choice([0.0, 0.3, 0.97], (len(ys), 1, 1))
-    finite[2] = False
-    finite[2, 0, 0] = True
-    for predictor in sorted(PREDICTORS.values()):
-        codes = [encode_residual(y, f, predictor, tables) for y, f in zip(ys, finite)]
-        w = StreamWriter(tables)
-        w.r(*group_stream(codes))
-        reader = StreamReader(tables, w.finish())
-        got = decode_residuals(reader.r, shape, finite, predictor)
-        for k, c in zip(got, codes):
-            assert np.array_equal(k, c.k)
-
-
-def test_chunk_with_many_residual_groups_keeps_its_bound():
-    """A chunk of 48 residual tiles (several groups of at most GROUP_TILES), with NaN
-    holes and a noisy tile."""
-    rng = np.random.default_rng(13)
-    x = rng.normal(0, 1, (3, 64, 64)).cumsum(axis=-1).astype(np.float32)
-    x[1, :16, :16] = np.nan
-    x[2, 20:40, 5:9] = np.nan
-    x[0, 32:48, :16] += rng.normal(0, 30, (16, 16)).astype(np.float32)  # noise: predictor "none"
-    buf = NNCodec(abs_error=0.05, tile=16).encode(x)
-    out = NNCodec().decode(buf)
-    fin = np.isfinite(x)
-    assert np.array_equal(np.isfinite(out), fin) and 3 * 16 > GROUP_TILES
-    assert np.abs(out[fin].astype(np.float64) - x[fin]).max() <= 0.05
 
 
 def test_side_information_is_small_on_a_constant_residual(tables):
