@@ -161,12 +161,13 @@ class IntegerHyperSynthesis:
         radix, weight, acc, place, rest = 2.0**bits, self._w32[i], None, 1.0, a
         while True:
             last = _abs_max(rest) * self._wsum[i] < MAX_EXACT_F32
-            digit = rest if last else rest - torch.floor(rest / radix) * radix
+            top = None if last else torch.floor(rest / radix)
+            digit = rest if last else rest - top * radix
             term = self._conv_as(layer, digit.float(), weight).double().mul_(place)
             acc = term if acc is None else acc.add_(term)
             if last:
                 return acc
-            rest, place = torch.floor(rest / radix), place * radix
+            rest, place = top, place * radix
 
     @staticmethod
     def _conv_as(layer: dict, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
