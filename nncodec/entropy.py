@@ -215,8 +215,8 @@ class Tables:
 
     def __init__(self, entropy_bottleneck, gaussian_conditional):
         eb, gc = entropy_bottleneck, gaussian_conditional
-        self.z = (eb._quantized_cdf.tolist(), eb._cdf_length.reshape(-1).tolist(), eb._offset.reshape(-1).tolist())
-        self.y = (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).tolist(), gc._offset.reshape(-1).tolist())
+        self.z = _coder_table(eb._quantized_cdf, eb._cdf_length, eb._offset)
+        self.y = _coder_table(gc._quantized_cdf, gc._cdf_length, gc._offset)
         self.medians = eb.quantiles[:, 0, 1].detach().clone()
         self.levels = len(self.y[1])
         self._costs = {}
@@ -257,6 +257,17 @@ class Tables:
             # the escape symbol, then the raw value in 4-bit bypass digits
             c[out] = escape[idx[out]] + 4 + 4 * np.ceil(np.log2(np.abs(s[out]) * 2 + 2) / 4)
         return c
+
+
+def _coder_table(cdf: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> tuple[list, list, list]:
+    """(CDFs, lengths, offsets) as lists, each CDF cut to its length.
+
+    CompressAI pads every CDF of a module to the longest one (3133 entries for the
+    widest scale). The coder reads only the first ``length`` entries but converts each
+    list it is handed on every call, so handing it the padding cost 2 ms per call.
+    """
+    lengths = lengths.reshape(-1).tolist()
+    return [row[:n] for row, n in zip(cdf.tolist(), lengths)], lengths, offsets.reshape(-1).tolist()
 
 
 class StreamWriter:
