@@ -22,11 +22,13 @@ network tile, their latents, then the residual symbols of the error-bound layer.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ._compressai import BufferedRansEncoder, RansDecoder
 
+from .rans import CoderTables, Decoder, Encoder
 from .residual import residual_tables
 
 WEIGHT_MAX = 127  # integer weights fit in 8 bits
@@ -215,16 +217,16 @@ class Tables:
 
     def __init__(self, entropy_bottleneck, gaussian_conditional):
         eb, gc = entropy_bottleneck, gaussian_conditional
-        self.z = _coder_table(eb._quantized_cdf, eb._cdf_length, eb._offset)
-        self.y = _coder_table(gc._quantized_cdf, gc._cdf_length, gc._offset)
+        self.z = _coder_tables(eb._quantized_cdf, eb._cdf_length, eb._offset)
+        self.y = _coder_tables(gc._quantized_cdf, gc._cdf_length, gc._offset)
         self.medians = eb.quantiles[:, 0, 1].detach().clone()
-        self.levels = len(self.y[1])
+        self.levels = len(self.y)
         self._costs = {}
 
     @property
-    def r(self) -> tuple[list, list, list]:
+    def r(self) -> CoderTables:
         """The residual layer's tables (:func:`nncodec.residual.residual_tables`), shared by all models."""
-        return residual_tables()
+        return _residual_coder_tables()
 
     def costs(self, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bits per in-range symbol (tables x symbols), escape bits, offsets) for estimating sizes.
@@ -232,17 +234,17 @@ class Tables:
         ``which`` is ``"z"``, ``"y"`` or ``"r"`` (the residual tables).
         """
         if which not in self._costs:
-            cdfs, lengths, offsets = getattr(self, which)
-            width = max(lengths) - 1
-            bits = np.empty((len(cdfs), width))
-            escape = np.empty(len(cdfs))
-            for i, (cdf, n) in enumerate(zip(cdfs, lengths)):
-                p = np.diff(np.asarray(cdf[:n], dtype=np.float64)) / 65536.0
+            table = getattr(self, which)
+            width = int(table.lengths.max()) - 1
+            bits = np.empty((len(table), width))
+            escape = np.empty(len(table))
+            for i, n in enumerate(table.lengths):
+                p = np.diff(table.cdf[i, :n].astype(np.float64)) / 65536.0
                 c = -np.log2(np.maximum(p, 1.0 / 65536.0))
                 escape[i] = c[-1]
                 bits[i, : n - 2] = c[:-1]
                 bits[i, n - 2 :] = np.inf  # out of range: the escape path is priced separately
-            self._costs[which] = (bits, escape, np.asarray(offsets, dtype=np.int64))
+            self._costs[which] = (bits, escape, table.offsets.astype(np.int64))
         return self._costs[which]
 
     def symbol_bits(self, which: str, symbols: np.ndarray, indexes: np.ndarray) -> np.ndarray:
@@ -259,15 +261,14 @@ class Tables:
         return c
 
 
-def _coder_table(cdf: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> tuple[list, list, list]:
-    """(CDFs, lengths, offsets) as lists, each CDF cut to its length.
-
-    CompressAI pads every CDF of a module to the longest one (3133 entries for the
-    widest scale). The coder reads only the first ``length`` entries but converts each
-    list it is handed on every call, so handing it the padding cost 2 ms per call.
-    """
+def _coder_tables(cdf: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> CoderTables:
     lengths = lengths.reshape(-1).tolist()
-    return [row[:n] for row, n in zip(cdf.tolist(), lengths)], lengths, offsets.reshape(-1).tolist()
+    return CoderTables([row[:n] for row, n in zip(cdf.tolist(), lengths)], lengths, offsets.reshape(-1).tolist())
+
+
+@functools.lru_cache(maxsize=1)
+def _residual_coder_tables() -> CoderTables:
+    return CoderTables(*residual_tables())
 
 
 class StreamWriter:
@@ -275,26 +276,20 @@ class StreamWriter:
 
     def __init__(self, tables: Tables):
         self.tables = tables
-        self.enc = BufferedRansEncoder()
-
-    def _encode(self, symbols: np.ndarray, indexes: np.ndarray, table) -> None:
-        # the C++ coder trusts its inputs: one index per symbol, each inside the table
-        local, used = _used_tables(np.broadcast_to(indexes, symbols.shape), table)
-        self.enc.encode_with_indexes(symbols.astype(np.int32).ravel().tolist(),
-                                     local.astype(np.int32).ravel().tolist(), *used)
+        self.enc = Encoder()
 
     def z(self, symbols: np.ndarray, channels: np.ndarray) -> None:
-        self._encode(symbols, channels, self.tables.z)
+        self.enc.add(symbols, channels, self.tables.z)
 
     def y(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
-        self._encode(symbols, indexes, self.tables.y)
+        self.enc.add(symbols, indexes, self.tables.y)
 
     def r(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
         """Residual symbols, each with its own table index."""
-        self._encode(symbols, indexes, self.tables.r)
+        self.enc.add(symbols, indexes, self.tables.r)
 
     def finish(self) -> bytes:
-        return self.enc.flush()
+        return self.enc.finish()
 
 
 class StreamReader:
@@ -302,40 +297,13 @@ class StreamReader:
 
     def __init__(self, tables: Tables, data: bytes):
         self.tables = tables
-        self.dec = RansDecoder()
-        self.dec.set_stream(bytes(data))
-
-    def _decode(self, indexes: np.ndarray, table) -> np.ndarray:
-        local, used = _used_tables(indexes, table)
-        out = self.dec.decode_stream(local.astype(np.int32).ravel().tolist(), *used)
-        return np.fromiter(out, dtype=np.int32, count=len(out)).reshape(local.shape)
+        self.dec = Decoder(bytes(data))
 
     def parts(self, which: str, indexes: list) -> list[np.ndarray]:
-        """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``), in one
-        call of the coder, which converts the tables it is handed on every call."""
-        if not indexes:
-            return []
-        flat = self._decode(np.concatenate([np.ravel(i) for i in indexes]), getattr(self.tables, which))
-        ends = np.cumsum([np.size(i) for i in indexes])[:-1]
-        return [part.reshape(np.shape(i)) for part, i in zip(np.split(flat, ends), indexes)]
+        """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``)."""
+        table = getattr(self.tables, which)
+        return [self.dec.decode(i, table) for i in indexes]
 
     def r(self, indexes: np.ndarray) -> np.ndarray:
         """Residual symbols (int64), one per table index."""
-        return self._decode(indexes, self.tables.r).astype(np.int64)
-
-
-def _used_tables(indexes: np.ndarray, table) -> tuple[np.ndarray, tuple[list, list, list]]:
-    """``indexes`` renumbered into the sub-table of the tables they use.
-
-    The coder converts every table it is handed on every call (a list of up to 64 CDFs
-    of up to thousands of entries); a call uses a few of them, so handing over only those
-    keeps it cheap. Out-of-range indexes raise: the C++ coder trusts its inputs.
-    """
-    idx = np.asarray(indexes, dtype=np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= len(table[1])):
-        raise ValueError("entropy table index out of range")
-    used = np.flatnonzero(np.bincount(idx.ravel(), minlength=len(table[1])))
-    renumber = np.zeros(len(table[1]), dtype=np.int64)
-    renumber[used] = np.arange(len(used))
-    cdfs, lengths, offsets = table
-    return renumber[idx], tuple([part[i] for i in used.tolist()] for part in (cdfs, lengths, offsets))
+        return self.dec.decode(indexes, self.tables.r).astype(np.int64)
