@@ -71,11 +71,7 @@ class IntegerHyperSynthesis:
         that meets one output value (bounds every partial sum of a convolution); the
         constants of :meth:`_bucket`."""
         self._w32 = [layer["weight"].float() for layer in self.layers]
-        self._wsum = []
-        for layer in self.layers:
-            w = layer["weight"]
-            out_axis = 1 if layer["transposed"] else 0
-            self._wsum.append(float(w.abs().transpose(0, out_axis).reshape(w.shape[out_axis], -1).sum(dim=1).max()))
+        self._wsum = [_weight_sum_bound(layer) for layer in self.layers]
         # digits of at most this many bits keep a float32 convolution exact (None: never)
         self._digit_bits = [int(np.log2(MAX_EXACT_F32 / ws)) if ws else 24 for ws in self._wsum]
         self._digit_bits = [b if b >= 1 else None for b in self._digit_bits]
@@ -194,6 +190,21 @@ class IntegerHyperSynthesis:
         if unsure.any():
             idx[unsure] = torch.searchsorted(torch.from_numpy(self.thresholds), scales[unsure], side="left").double()
         return idx.to(torch.int32).numpy()
+
+
+def _weight_sum_bound(layer: dict) -> float:
+    """The largest sum of |weights| that meets one output value of a layer.
+
+    A convolution's output meets every tap of its kernel. A transposed convolution of
+    stride s spreads each input over s x s output phases, so an output meets only the
+    taps of its phase (those ``t`` with ``t = r mod s`` per axis): for 5x5 kernels at
+    stride 2, 9 of 25 taps at most, a bound about 2.5x tighter than all taps.
+    """
+    w = layer["weight"].abs()
+    if not layer["transposed"]:
+        return float(w.sum(dim=(1, 2, 3)).max())
+    s = layer["stride"]
+    return max(float(w[:, :, rh::s, rw::s].sum(dim=(0, 2, 3)).max()) for rh in range(s) for rw in range(s))
 
 
 def _abs_max(t: torch.Tensor) -> float:
