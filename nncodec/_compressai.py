@@ -1,4 +1,5 @@
-"""The CompressAI pieces nncodec uses, imported once.
+"""The CompressAI pieces nncodec uses, imported once (its range coder only as the
+reference that tests/test_rans.py compares nncodec's own with).
 
 Importing compressai makes torch warn that ``torch.jit.script`` is deprecated (from
 CompressAI's own modules, not ours); every Dask worker would print it on first decode.

@@ -42,11 +42,11 @@ from decimal import ROUND_FLOOR, Decimal, localcontext
 import numpy as np
 
 from .errors import CorruptStreamError
+from .rans import PRECISION  # probability bits of the range coder
 
 SYNTHESIS_TOLERANCE = 1e-9
 
 # -- integer CDF tables ------------------------------------------------------------------
-PRECISION = 16  # probability bits of the range coder (CompressAI's rANS)
 N_LAPLACE = 49  # Laplacian scales b_i = 2 ** ((i - 16) / 4): 1/16 .. 256
 MAX_SHIFT = 16  # raw low bits per symbol at most
 RAW_BITS = 8  # raw bits go in pieces of up to this many; table N_LAPLACE + w - 1 codes w bits
