@@ -55,9 +55,8 @@ STAGES = {
     ("runtime.py", "analyse"): "analysis network (g_a)",
     ("runtime.py", "quantise"): "h_a, rounding, integer hyper-synthesis (encoder)",
     ("runtime.py", "indexes"): "integer hyper-synthesis (decoder)",
-    ("entropy.py", "_decode"): "range decoding",
-    ("entropy.py", "_encode"): "range encoding",
-    ("entropy.py", "finish"): "range encoding",
+    ("rans.py", "decode"): "range decoding",
+    ("rans.py", "finish"): "range encoding",
 }
 
 

@@ -552,7 +552,8 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     rt = None
     if coded:
-        rt = _decoder_runtime(header, device, model)
+        # the weights only where a tile uses the network: residual-only chunks decode without them
+        rt = _decoder_runtime(header, device, model) if any(t.kind == NETWORK for t in coded) else None
         tile_finite = finite.reshape(slices.shape) if finite is not None else None
         _decode_stream(rt, coded, bytes(r.rest()), tile_finite)
     for t in tiles:
@@ -611,9 +612,9 @@ def _decoder_runtime(header, device, model):
 def _decode_stream(rt, coded, data: bytes, finite) -> None:
     from .entropy import StreamReader
 
-    reader = StreamReader(rt.tables, data)
+    reader = StreamReader(None if rt is None else rt.tables, data)
     nets = [t for t in coded if t.kind == NETWORK]
-    n_z = rt.tables.medians.shape[0]
+    n_z = 0 if rt is None else rt.tables.medians.shape[0]
     channels = []
     for t in nets:
         if not 1 <= t.quality <= rt.qualities:

@@ -304,17 +304,17 @@ class StreamWriter:
 
 
 class StreamReader:
-    """Decodes groups in the order :class:`StreamWriter` wrote them."""
+    """Decodes groups in the order :class:`StreamWriter` wrote them (``tables`` may be
+    None for a stream of residual symbols only, whose tables belong to no model)."""
 
-    def __init__(self, tables: Tables, data: bytes):
+    def __init__(self, tables: Tables | None, data: bytes):
         self.tables = tables
         self.dec = Decoder(bytes(data))
 
     def parts(self, which: str, indexes: list) -> list[np.ndarray]:
         """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``)."""
-        table = getattr(self.tables, which)
-        return [self.dec.decode(i, table) for i in indexes]
+        return [self.dec.decode(i, getattr(self.tables, which)) for i in indexes]
 
     def r(self, indexes: np.ndarray) -> np.ndarray:
         """Residual symbols (int64), one per table index."""
-        return self.dec.decode(indexes, self.tables.r).astype(np.int64)
+        return self.dec.decode(indexes, _residual_coder_tables()).astype(np.int64)

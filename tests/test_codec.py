@@ -199,3 +199,23 @@ def test_relief_int16_exact_below_half(ts_field):
     np.testing.assert_array_equal(out, relief)
     out = NNCodec(abs_error=10).decode(NNCodec(abs_error=10).encode(relief))
     assert np.abs(out.astype(int) - relief).max() <= 10
+
+
+def test_residual_only_chunks_decode_without_the_weights(tmp_path, ts_field):
+    """A bound tight enough that no tile uses the network needs no weights to decode: the
+    chunk reads back even after the weights file it was written with is gone."""
+    from nncodec.weights import resolve
+
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(resolve(None).path.read_bytes())
+    bound = 1e-5 * float(np.ptp(ts_field))
+    buf = NNCodec(model=str(mine), abs_error=bound).encode(ts_field)
+    mine.unlink()
+    out = NNCodec().decode(buf)
+    assert np.abs(out.astype(np.float64) - ts_field).max() <= bound
+    # a looser bound keeps network tiles, and those do need the weights
+    mine.write_bytes(resolve(None).path.read_bytes())
+    buf = NNCodec(model=str(mine), abs_error=0.05 * float(np.ptp(ts_field))).encode(ts_field)
+    mine.unlink()
+    with pytest.raises(ModelError, match="user's own weights file"):
+        NNCodec().decode(buf)
