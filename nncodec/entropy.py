@@ -128,6 +128,8 @@ class IntegerHyperSynthesis:
     def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
         """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
         a = torch.round(z_hat.detach().to("cpu", torch.float64) * 2.0**ACT_FRAC_BITS)
+        if a.numel() and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
+            raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
         frac_in = ACT_FRAC_BITS
         for i, layer in enumerate(self.layers):
             acc = self._conv(i, a)

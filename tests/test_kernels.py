@@ -112,3 +112,12 @@ def test_encoder_analysis_is_the_trained_network(rt):
         want, got = g_a(x), fast(x)
     assert got.shape == want.shape
     assert float((got - want).abs().max()) < 1e-10 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_integer_hyper_synthesis_refuses_non_finite_or_huge_input(rt, bad):
+    """Raises at once (it once looped forever on NaN, splitting it into digits)."""
+    z_hat, y_shape = _hyper_latents(rt, 4)
+    z_hat[0, 0, 0, 0] = bad
+    with pytest.raises(OverflowError, match="exact range"):
+        rt.int_hs.indexes(z_hat, y_shape)
