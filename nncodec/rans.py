@@ -18,8 +18,9 @@ the decoder reads them forwards, little-endian, starting with the final 64-bit s
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from ._jit import kernel
 
 PRECISION = 16
 BYPASS_BITS = 4
@@ -102,16 +103,7 @@ class Decoder:
 
 
 # -- kernels --------------------------------------------------------------------------------
-def _kernel(func):
-    """Compiled without the GIL, cached on disk (beside this file, else under the user's
-    cache directory or ``NUMBA_CACHE_DIR``); with nowhere writable, compiled in each process."""
-    try:
-        return numba.njit(nogil=True, cache=True)(func)
-    except RuntimeError:
-        return numba.njit(nogil=True)(func)
-
-
-@_kernel
+@kernel
 def _split(symbol, index, lengths, offsets):
     """(table position, raw value for the bypass digits, number of digits) of one symbol."""
     top = lengths[index] - 2  # the escape symbol
@@ -128,7 +120,7 @@ def _split(symbol, index, lengths, offsets):
     return value, raw, n_digits
 
 
-@_kernel
+@kernel
 def _count_words(symbols, indexes, cdf, lengths, offsets):
     """An upper bound of the words coding these symbols emit: one per coding step."""
     n = 0
@@ -140,7 +132,7 @@ def _count_words(symbols, indexes, cdf, lengths, offsets):
     return n
 
 
-@_kernel
+@kernel
 def _put(state, buf, pos, start, freq):
     x_max = ((_L >> np.uint64(PRECISION)) << _WORD) * np.uint64(freq)
     if state >= x_max:
@@ -152,7 +144,7 @@ def _put(state, buf, pos, start, freq):
     return state, pos
 
 
-@_kernel
+@kernel
 def _put_bits(state, buf, pos, value):
     x_max = ((_L >> np.uint64(PRECISION)) << _WORD) * np.uint64(1 << (PRECISION - BYPASS_BITS))
     if state >= x_max:
@@ -163,7 +155,7 @@ def _put_bits(state, buf, pos, value):
     return state, pos
 
 
-@_kernel
+@kernel
 def _encode(symbols, indexes, cdf, lengths, offsets, buf, pos, state):
     """Codes the symbols last to first into ``buf`` below ``pos``; (state, pos) after."""
     for i in range(symbols.size - 1, -1, -1):
@@ -180,7 +172,7 @@ def _encode(symbols, indexes, cdf, lengths, offsets, buf, pos, state):
     return state, pos
 
 
-@_kernel
+@kernel
 def _renorm(state, words, pos):
     if state < _L:
         word = np.uint64(words[pos]) if pos < words.size else np.uint64(0)  # past the end: zeros
@@ -189,14 +181,14 @@ def _renorm(state, words, pos):
     return state, pos
 
 
-@_kernel
+@kernel
 def _get_bits(state, words, pos):
     value = np.int64(state & np.uint64(MAX_BYPASS))
     state, pos = _renorm(state >> np.uint64(BYPASS_BITS), words, pos)
     return value, state, pos
 
 
-@_kernel
+@kernel
 def _decode(words, pos, state, indexes, cdf, lengths, offsets, out):
     for i in range(indexes.size):
         t = indexes[i]

@@ -41,6 +41,7 @@ from decimal import ROUND_FLOOR, Decimal, localcontext
 
 import numpy as np
 
+from ._jit import kernel
 from .errors import CorruptStreamError
 from .rans import PRECISION  # probability bits of the range coder
 
@@ -237,26 +238,68 @@ class ResidualCode:
 
 def _choose(values: np.ndarray, ctx: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
     """Cheapest virtual index for each context octave present: (octaves ascending, indexes)."""
-    present, inverse = np.unique(ctx, return_inverse=True)
-    counts = np.bincount(inverse)
+    seen = np.bincount(ctx, minlength=N_BUCKETS)
+    present = np.flatnonzero(seen)
+    rank = np.cumsum(seen > 0) - 1
+    inverse = rank[ctx]
+    counts = seen[present]
     spread = np.bincount(inverse, np.abs(values).astype(np.float64)) / counts
     widest = 2.0 ** ((N_LAPLACE - 17) / 4)
+    bits, escape, offsets = tables.costs("r")
     costs = np.full((len(present), N_VIRTUAL), np.inf)
     for shift in range(MAX_SHIFT + 1):
         # a shift pays only for spreads near or beyond the widest table (mean |r| = b)
         if shift and spread.max() < widest * 2.0 ** (shift - 2):
             break
         first = 0 if shift == 0 else N_LAPLACE - 4
-        cand = np.arange(first, N_LAPLACE)
-        # one key per (octave, symbol): |symbol| < MAX_SYMBOL = 2**28
-        key, n = np.unique(inverse * (1 << 30) + values // (1 << shift) + (1 << 29), return_counts=True)
-        sym = key % (1 << 30) - (1 << 29)
-        bits = tables.symbol_bits("r", np.broadcast_to(sym, (len(cand), len(sym))), cand[:, None])
-        bits = bits.reshape(len(cand), -1) * n
-        starts = np.searchsorted(key // (1 << 30), np.arange(len(present)))
-        sums = np.add.reduceat(bits, starts, axis=1).T + shift * counts[:, None]
-        costs[:, first + 4 * shift : N_LAPLACE + 4 * shift] = sums
+        sums = np.zeros((len(present), N_LAPLACE - first))
+        _table_costs(values, inverse, shift, bits, escape, offsets, first, sums)
+        costs[:, first + 4 * shift : N_LAPLACE + 4 * shift] = sums + shift * counts[:, None]
     return present, np.argmin(costs, axis=1)
+
+
+@kernel
+def _table_costs(values, inverse, shift, bits, escape, offsets, first, out):
+    """``out[o, j]`` += estimated bits of octave ``o``'s ``values >> shift`` under table
+    ``first + j`` (:meth:`nncodec.entropy.Tables.symbol_bits`: the table's cost inside its
+    range, else the escape and the value's 4-bit digits). Values are counted per octave
+    first where their range is small, so each distinct value is priced once per table."""
+    n_oct, n_cand = out.shape
+    lo, hi = np.int64(1) << 62, -(np.int64(1) << 62)
+    for v in values:
+        lo, hi = min(lo, v >> shift), max(hi, v >> shift)
+    span = hi - lo + 1 if values.size else 0
+    if span * n_oct > 4 * values.size + 4096:  # sparse: price every value
+        hist = np.ones((values.size, 1), dtype=np.int64)
+        keys = np.empty((values.size, 2), dtype=np.int64)
+        for i in range(values.size):
+            keys[i, 0], keys[i, 1] = inverse[i], values[i] >> shift
+    else:
+        counts = np.zeros((n_oct, span), dtype=np.int64)
+        for i in range(values.size):
+            counts[inverse[i], (values[i] >> shift) - lo] += 1
+        n = 0
+        for o in range(n_oct):
+            for k in range(span):
+                n += counts[o, k] > 0
+        hist = np.empty((n, 1), dtype=np.int64)
+        keys = np.empty((n, 2), dtype=np.int64)
+        n = 0
+        for o in range(n_oct):
+            for k in range(span):
+                if counts[o, k] > 0:
+                    hist[n, 0], keys[n, 0], keys[n, 1] = counts[o, k], o, lo + k
+                    n += 1
+    width = bits.shape[1]
+    for i in range(keys.shape[0]):
+        o, q, m = keys[i, 0], keys[i, 1], hist[i, 0]
+        for j in range(n_cand):
+            t = first + j
+            s = q - offsets[t]
+            c = bits[t, s] if 0 <= s < width else np.inf
+            if not np.isfinite(c):
+                c = escape[t] + 4 + 4 * np.ceil(np.log2(abs(s) * 2 + 2) / 4)
+            out[o, j] += m * c
 
 
 def _side_symbols(present: np.ndarray, virtual: np.ndarray, start: int) -> np.ndarray:
