@@ -39,11 +39,14 @@ class CoderTables:
         width = max(lengths)
         self.cdf = np.full((len(cdfs), width), 1 << PRECISION, dtype=np.int32)
         for i, (c, n) in enumerate(zip(cdfs, lengths)):
-            self.cdf[i, :n] = c[:n]
+            c = np.asarray(c[:n], dtype=np.int64)
+            # every symbol needs a frequency >= 1: the coder divides by it
+            if n < 3 or len(c) != n or c[0] != 0 or c[-1] != 1 << PRECISION or (np.diff(c) <= 0).any():
+                raise ValueError(f"range coder table {i} must have at least 3 entries and increase strictly "
+                                 f"from 0 to 2**{PRECISION}")
+            self.cdf[i, :n] = c
         self.lengths = np.asarray(lengths, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int32)
-        if (self.lengths < 3).any() or (np.diff(self.cdf, axis=1) < 0).any():
-            raise ValueError("range coder tables must have at least 3 entries and increase")
 
     def __len__(self) -> int:
         return len(self.lengths)

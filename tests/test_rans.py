@@ -87,8 +87,9 @@ def test_bad_indexes_and_tables_raise():
         Encoder().add(np.zeros(3), np.array([0, 1, len(table)]), table)
     with pytest.raises(ValueError, match="index out of range"):
         Decoder(b"\0" * 16).decode(np.array([-1]), table)
-    with pytest.raises(ValueError, match="increase"):
-        CoderTables([[0, 9, 5, 65536]], [4], [0])
+    for cdf in ([0, 9, 5, 65536], [0, 9, 9, 65536], [1, 9, 12, 65536], [0, 9, 12, 65535]):
+        with pytest.raises(ValueError, match="increase strictly"):
+            CoderTables([cdf], [4], [0])
 
 
 def test_truncated_or_damaged_bytes_decode_without_crashing(table_sets):
