@@ -261,45 +261,38 @@ def _choose(values: np.ndarray, ctx: np.ndarray, tables) -> tuple[np.ndarray, np
 @kernel
 def _table_costs(values, inverse, shift, bits, escape, offsets, first, out):
     """``out[o, j]`` += estimated bits of octave ``o``'s ``values >> shift`` under table
-    ``first + j`` (:meth:`nncodec.entropy.Tables.symbol_bits`: the table's cost inside its
-    range, else the escape and the value's 4-bit digits). Values are counted per octave
-    first where their range is small, so each distinct value is priced once per table."""
-    n_oct, n_cand = out.shape
-    lo, hi = np.int64(1) << 62, -(np.int64(1) << 62)
-    for v in values:
-        lo, hi = min(lo, v >> shift), max(hi, v >> shift)
-    span = hi - lo + 1 if values.size else 0
-    if span * n_oct > 4 * values.size + 4096:  # sparse: price every value
-        hist = np.ones((values.size, 1), dtype=np.int64)
-        keys = np.empty((values.size, 2), dtype=np.int64)
+    ``first + j``. Where the values span a small range, each octave's distinct values are
+    counted first and priced once per table."""
+    if values.size == 0:
+        return
+    q = values >> shift
+    lo = q.min()
+    span = q.max() - lo + 1
+    if span * out.shape[0] > 4 * values.size + 4096:
         for i in range(values.size):
-            keys[i, 0], keys[i, 1] = inverse[i], values[i] >> shift
-    else:
-        counts = np.zeros((n_oct, span), dtype=np.int64)
-        for i in range(values.size):
-            counts[inverse[i], (values[i] >> shift) - lo] += 1
-        n = 0
-        for o in range(n_oct):
-            for k in range(span):
-                n += counts[o, k] > 0
-        hist = np.empty((n, 1), dtype=np.int64)
-        keys = np.empty((n, 2), dtype=np.int64)
-        n = 0
-        for o in range(n_oct):
-            for k in range(span):
-                if counts[o, k] > 0:
-                    hist[n, 0], keys[n, 0], keys[n, 1] = counts[o, k], o, lo + k
-                    n += 1
-    width = bits.shape[1]
-    for i in range(keys.shape[0]):
-        o, q, m = keys[i, 0], keys[i, 1], hist[i, 0]
-        for j in range(n_cand):
-            t = first + j
-            s = q - offsets[t]
-            c = bits[t, s] if 0 <= s < width else np.inf
-            if not np.isfinite(c):
-                c = escape[t] + 4 + 4 * np.ceil(np.log2(abs(s) * 2 + 2) / 4)
-            out[o, j] += m * c
+            _add_cost(out, inverse[i], q[i], 1, bits, escape, offsets, first)
+        return
+    counts = np.zeros((out.shape[0], span), dtype=np.int64)
+    for i in range(values.size):
+        counts[inverse[i], q[i] - lo] += 1
+    for o in range(out.shape[0]):
+        for k in range(span):
+            if counts[o, k]:
+                _add_cost(out, o, lo + k, counts[o, k], bits, escape, offsets, first)
+
+
+@kernel
+def _add_cost(out, o, value, count, bits, escape, offsets, first):
+    """``count`` times the estimated bits of ``value`` under each candidate table, added to
+    row ``o``: as :meth:`nncodec.entropy.Tables.symbol_bits` prices it (the table's cost
+    inside its range, else the escape symbol, a digit count and the value's 4-bit digits)."""
+    for j in range(out.shape[1]):
+        t = first + j
+        s = value - offsets[t]
+        c = bits[t, s] if 0 <= s < bits.shape[1] else np.inf
+        if not np.isfinite(c):
+            c = escape[t] + 4 + 4 * np.ceil(np.log2(abs(s) * 2 + 2) / 4)
+        out[o, j] += count * c
 
 
 def _side_symbols(present: np.ndarray, virtual: np.ndarray, start: int) -> np.ndarray:
