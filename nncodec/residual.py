@@ -163,43 +163,52 @@ def _passes(shape: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _predict(even: np.ndarray, n_odd: int, predictor: int) -> np.ndarray:
-    """Integer prediction of the ``n_odd`` odd rows lying between the rows of ``even``.
-
-    Cubic ``(-a + 9b + 9c - d) / 16`` inside, quadratic next to an edge, linear between
-    two rows, and the last even row past the far edge; every division rounds by floor.
-    """
+    """Integer prediction of the ``n_odd`` odd rows lying between the rows of ``even``."""
     if predictor == PREDICTORS["none"]:
         return np.zeros((n_odd,) + even.shape[1:], dtype=np.int64)
+    return _interpolate(even, n_odd)
+
+
+@kernel
+def _interpolate(even, n_odd):
+    """Cubic ``(-a + 9b + 9c - d) / 16`` inside, quadratic next to an edge, linear between
+    two rows, and the last even row past the far edge; every division rounds by floor."""
     n_even = even.shape[0]
-    m = np.arange(n_odd)
-    left, right = even[m], even[np.minimum(m + 1, n_even - 1)]
-    far_left, far_right = even[np.maximum(m - 1, 0)], even[np.minimum(m + 2, n_even - 1)]
-    col = (slice(None),) + (None,) * (even.ndim - 1)
-    has_right, has_fl, has_fr = (m + 1 < n_even)[col], (m >= 1)[col], (m + 2 < n_even)[col]
-    cubic = (-far_left + 9 * left + 9 * right - far_right + 8) // 16
-    quad_left = (3 * left + 6 * right - far_right + 4) // 8
-    quad_right = (-far_left + 6 * left + 3 * right + 4) // 8
-    linear = (left + right + 1) // 2
-    inside = np.where(has_fr, np.where(has_fl, cubic, quad_left), np.where(has_fl, quad_right, linear))
-    return np.where(has_right, inside, left)
+    out = np.empty((n_odd, even.shape[1]), dtype=np.int64)
+    for m in range(n_odd):
+        right, far_left, far_right = min(m + 1, n_even - 1), max(m - 1, 0), min(m + 2, n_even - 1)
+        for c in range(even.shape[1]):
+            a, b, d, e = even[far_left, c], even[m, c], even[right, c], even[far_right, c]
+            if m + 1 >= n_even:
+                out[m, c] = b
+            elif m + 2 < n_even:
+                out[m, c] = (-a + 9 * b + 9 * d - e + 8) // 16 if m >= 1 else (3 * b + 6 * d - e + 4) // 8
+            else:
+                out[m, c] = (-a + 6 * b + 3 * d + 4) // 8 if m >= 1 else (b + d + 1) // 2
+    return out
 
 
-def _context(even_k: np.ndarray, even_r: np.ndarray, n_odd: int) -> np.ndarray:
+@kernel
+def _context(even_k, even_r, n_odd):
     """Context octave of each odd row: floor(log2(1 + activity)), activity in units of ``K``.
 
     The activity sums the two neighbours' residuals, twice their difference and the
     curvature across the four; the weights were tuned on real fields.
     """
     n_even = even_k.shape[0]
-    m = np.arange(n_odd)
-    right = np.minimum(m + 1, n_even - 1)
-    left, right_k = even_k[m], even_k[right]
-    far_left, far_right = even_k[np.maximum(m - 1, 0)], even_k[np.minimum(m + 2, n_even - 1)]
-    activity = (FRACTION * (np.abs(even_r[m]) + np.abs(even_r[right])) + 2 * np.abs(left - right_k)
-                + np.abs(far_left - left - right_k + far_right))
-    # frexp is exact: the exponent of an integer below 2**53 is floor(log2) + 1
-    octave = np.frexp((activity + 1).astype(np.float64))[1] - 1
-    return np.minimum(octave, N_BUCKETS - 1)
+    out = np.empty((n_odd, even_k.shape[1]), dtype=np.int64)
+    for m in range(n_odd):
+        right, far_left, far_right = min(m + 1, n_even - 1), max(m - 1, 0), min(m + 2, n_even - 1)
+        for c in range(even_k.shape[1]):
+            left, right_k = even_k[m, c], even_k[right, c]
+            activity = (FRACTION * (abs(even_r[m, c]) + abs(even_r[right, c])) + 2 * abs(left - right_k)
+                        + abs(even_k[far_left, c] - left - right_k + even_k[far_right, c]))
+            octave, v = -1, activity + 1
+            while v:  # the bit length of activity + 1, less one
+                v >>= 1
+                octave += 1
+            out[m, c] = min(octave, N_BUCKETS - 1)
+    return out
 
 
 def _walk(predictor: int, visit, k: np.ndarray, r: np.ndarray, finite: np.ndarray, *extra: np.ndarray) -> None:
