@@ -9,9 +9,13 @@ from nncodec import NNCodec
 from nncodec.entropy import StreamReader, StreamWriter
 from nncodec.errors import CorruptStreamError
 from nncodec.residual import (
+    FRACTION,
     MAX_SYMBOL,
+    N_BUCKETS,
     N_LAPLACE,
     PREDICTORS,
+    _context,
+    _predict,
     decode_residual,
     encode_residual,
     residual_tables,
@@ -140,3 +144,37 @@ def test_rate_at_a_thousandth_of_the_range(ts_field, tables):
     # the whole chunk, header and tile records included
     buf = NNCodec(abs_error=1e-3 * span).encode(ts_field)
     assert 8 * len(buf) / ts_field.size < 3.35
+
+
+def _reference_predict_and_context(even_k, even_r, n_odd):
+    """The interpolation and context octaves as docs/format.md defines them, row by row."""
+    n = even_k.shape[0]
+    pred, ctx = [], []
+    for m in range(n_odd):
+        a, b = even_k[max(m - 1, 0)], even_k[m]
+        c, d = even_k[min(m + 1, n - 1)], even_k[min(m + 2, n - 1)]
+        if m + 1 >= n:
+            p = b
+        elif m + 2 < n:
+            p = (-a + 9 * b + 9 * c - d + 8) // 16 if m >= 1 else (3 * b + 6 * c - d + 4) // 8
+        else:
+            p = (-a + 6 * b + 3 * c + 4) // 8 if m >= 1 else (b + c + 1) // 2
+        pred.append(p)
+        activity = (FRACTION * (np.abs(even_r[m]) + np.abs(even_r[min(m + 1, n - 1)])) + 2 * np.abs(b - c)
+                    + np.abs(a - b - c + d))
+        ctx.append(np.minimum([int(v + 1).bit_length() - 1 for v in activity], N_BUCKETS - 1))
+    return np.array(pred).reshape(n_odd, -1), np.array(ctx).reshape(n_odd, -1)
+
+
+def test_interpolation_and_context_kernels_match_their_definition():
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        n_even = int(rng.integers(1, 7))
+        n_odd = int(rng.integers(max(1, n_even - 1), n_even + 1))
+        scale = int(rng.choice([3, 1000, 2**31]))
+        grid = rng.integers(-scale, scale, (2 * n_even, int(rng.integers(1, 5))))
+        even_k, even_r = grid[0::2], grid[1::2]  # strided views, as the passes hand them over
+        want_pred, want_ctx = _reference_predict_and_context(even_k, even_r, n_odd)
+        np.testing.assert_array_equal(_predict(even_k, n_odd, PREDICTORS["cubic"]), want_pred)
+        np.testing.assert_array_equal(_context(even_k, even_r, n_odd), want_ctx)
+        np.testing.assert_array_equal(_predict(even_k.T.copy().T, n_odd, PREDICTORS["none"]), 0 * want_pred)
