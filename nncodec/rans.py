@@ -74,7 +74,7 @@ class Encoder:
         self._groups.append((np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1), idx, tables))
 
     def finish(self) -> bytes:
-        words = 2 + sum(_count_words(s, i, t.cdf, t.lengths, t.offsets) for s, i, t in self._groups)
+        words = 2 + sum(_count_words(s, i, t.lengths, t.offsets) for s, i, t in self._groups)
         buf = np.zeros(words, dtype=np.uint32)
         state, pos = _L, words
         for s, i, t in reversed(self._groups):
@@ -124,7 +124,7 @@ def _split(symbol, index, lengths, offsets):
 
 
 @kernel
-def _count_words(symbols, indexes, cdf, lengths, offsets):
+def _count_words(symbols, indexes, lengths, offsets):
     """An upper bound of the words coding these symbols emit: one per coding step."""
     n = 0
     for i in range(symbols.size):
