@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nncodec.entropy import ACT_FRAC_BITS, MAX_EXACT_F32, _abs_max
+from nncodec.entropy import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max
 from nncodec.models.hyperprior import decoder_synthesis, encoder_analysis
 from nncodec.weights import load
 
@@ -44,11 +44,13 @@ def _reference_indexes(ih, z_hat, y_shape):
         a = torch.floor(acc * torch.exp2(ACT_FRAC_BITS - exp) + 0.5)
 
 
-def _hyper_latents(rt, q):
-    """Dequantised hyper-latents of four 128 x 128 tiles of real relief at level ``q``."""
-    relief = load_field("ferret_etopo5_relief.npz", "rose")[1000:1256, 2000:2256].astype(np.float32)
+def _hyper_latents(rt, q, side=8):
+    """Dequantised hyper-latents of side x side tiles of 128 x 128 of real relief at level
+    ``q``: with 8 x 8, every layer's input is above FLOAT64_BELOW (the float32 path)."""
+    relief = load_field("ferret_etopo5_relief.npz", "rose")[600 : 600 + 128 * side, 1600 : 1600 + 128 * side]
+    relief = relief.astype(np.float32)
     x = (relief - relief.min()) / np.ptp(relief)
-    tiles = x.reshape(2, 128, 2, 128).transpose(0, 2, 1, 3).reshape(4, 1, 128, 128)
+    tiles = x.reshape(side, 128, side, 128).transpose(0, 2, 1, 3).reshape(side * side, 1, 128, 128)
     y = rt.analyse(np.ascontiguousarray(tiles))
     z = rt.quantise(y, q)["z"]
     return torch.from_numpy(z).float() + rt.tables.medians.view(1, -1, 1, 1), tuple(y.shape[-2:])
@@ -63,10 +65,20 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     want, one_digit = _reference_indexes(rt.int_hs, z_hat, y_shape)
     if gain > 1:
         assert not any(one_digit)  # every layer needs several digits
+    assert z_hat.numel() > FLOAT64_BELOW  # so every layer runs the float32 path
     got = rt.int_hs.indexes(z_hat, y_shape)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(got)) > 5  # the comparison covers many scale indexes
+
+
+@pytest.mark.parametrize("q", [1, 8])
+def test_integer_hyper_synthesis_of_one_small_tile(rt, q):
+    """One tile's hyper-latents are below FLOAT64_BELOW: the float64 path, the same integers."""
+    z_hat, y_shape = _hyper_latents(rt, q, side=1)
+    assert z_hat.numel() <= FLOAT64_BELOW
+    want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
+    np.testing.assert_array_equal(rt.int_hs.indexes(z_hat, y_shape), want)
 
 
 def test_integer_hyper_synthesis_stays_exact_when_float32_is_relaxed(rt):
