@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._jit import kernel
 from .rans import CoderTables, Decoder, Encoder
 from .residual import residual_tables
 
@@ -39,6 +40,7 @@ MAX_EXACT_F32 = 2.0**24
 #: convolution inputs of at most this many values run in float64 (PyTorch's own kernels,
 #: faster than oneDNN's float32 below it on the test machine: 90 against 190 us at 1152)
 FLOAT64_BELOW = 8192
+_NO_THRESHOLDS = np.empty(0)  # _layer_output of a hidden layer
 
 
 def _layer_geometry(module) -> dict:
@@ -71,22 +73,23 @@ class IntegerHyperSynthesis:
 
     def _prepare(self) -> None:
         """Derived data: per layer the float32 weights and the largest sum of |weights|
-        that meets one output value (bounds every partial sum of a convolution); the
-        constants of :meth:`_bucket`."""
+        that meets one output value (bounds every partial sum of a convolution); per
+        channel the biases and the powers of two that rescale the accumulators."""
         self._w32 = [layer["weight"].float() for layer in self.layers]
         self._wsum = [_weight_sum_bound(layer) for layer in self.layers]
+        # per output channel: the bias, and the power of two that takes the accumulator
+        # (fraction bits shift + ACT_FRAC_BITS) to the next layer's ACT_FRAC_BITS (the last
+        # layer: to the scale itself)
+        self._bias = [np.ascontiguousarray(layer["bias"].numpy(), np.float64) for layer in self.layers]
+        drop = [ACT_FRAC_BITS] * (len(self.layers) - 1) + [0]
+        self._mult = [np.ldexp(1.0, (d - ACT_FRAC_BITS - layer["shift"].numpy()).astype(np.int64))
+                      for d, layer in zip(drop, self.layers)]
         # digits of at most this many bits keep a float32 convolution exact (None: never)
         self._digit_bits = [int(np.log2(MAX_EXACT_F32 / ws)) if ws else 24 for ws in self._wsum]
         self._digit_bits = [b if b >= 1 else None for b in self._digit_bits]
-        # _bucket's first guess: position of a scale between the thresholds on a log
-        # scale, and how far the thresholds themselves stray from whole positions
-        thr = self.thresholds
+        thr = self.thresholds  # binary-searched by _layer_output
         if len(thr) < 2 or not (np.diff(thr) > 0).all() or thr[0] <= 0:
             raise ValueError("the weights file's scale thresholds are not positive and increasing; the file is damaged")
-        self._log_t0 = float(np.log(thr[0]))
-        self._step = float(np.log(thr[-1]) - self._log_t0) / max(len(thr) - 1, 1)
-        pos = (np.log(thr) - self._log_t0) / self._step
-        self._slack = float(np.abs(pos - np.arange(len(thr))).max()) + 1e-9
 
     @classmethod
     def from_float(cls, h_s: torch.nn.Sequential, scale_table: torch.Tensor) -> IntegerHyperSynthesis:
@@ -133,21 +136,29 @@ class IntegerHyperSynthesis:
         a = torch.round(z_hat.detach().to("cpu", torch.float64) * 2.0**ACT_FRAC_BITS)
         if a.numel() and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
             raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
-        frac_in = ACT_FRAC_BITS
+        if not self.layers:
+            raise ValueError("integer hyper-synthesis has no layers")
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            acc = self._conv(i, a)
-            acc += layer["bias"].view(1, -1, 1, 1)
-            if layer["relu"]:
-                acc.clamp_(min=0)
-            if acc.numel() and _abs_max(acc) >= MAX_EXACT:
+            if i == last:
+                a = self._crop_input(layer, a, y_shape)
+            acc = np.ascontiguousarray(self._conv(i, a).numpy())
+            out = np.empty(acc.shape[:2] + tuple(y_shape), np.int32) if i == last else acc
+            if not _layer_output(acc, self._bias[i], layer["relu"], self._mult[i],
+                                 self.thresholds if i == last else _NO_THRESHOLDS, out):
                 raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
-            # exponent of the accumulator's fixed point, per output channel
-            exp = (layer["shift"] + frac_in).view(1, -1, 1, 1)
-            if i == len(self.layers) - 1:
-                return self._bucket(acc[..., : y_shape[0], : y_shape[1]] * torch.exp2(-exp))
-            a = acc.mul_(torch.exp2(ACT_FRAC_BITS - exp)).add_(0.5).floor_()
-            frac_in = ACT_FRAC_BITS
-        raise ValueError("integer hyper-synthesis has no layers")
+            a = torch.from_numpy(out)
+        return out
+
+    @staticmethod
+    def _crop_input(layer: dict, a: torch.Tensor, y_shape: tuple[int, int]) -> torch.Tensor:
+        """The rows and columns of a stride-1 convolution's input that the outputs within
+        ``y_shape`` read (a tile's latents can cover little more than half the last
+        layer's output, e.g. 5 x 9 of 8 x 12)."""
+        if layer["transposed"] or layer["stride"] != 1:
+            return a
+        p = layer["padding"]
+        return a[..., : y_shape[0] + p, : y_shape[1] + p]
 
     def _conv(self, i: int, a: torch.Tensor) -> torch.Tensor:
         """Layer ``i``'s convolution of integer activations ``a`` (float64), exactly.
@@ -180,22 +191,42 @@ class IntegerHyperSynthesis:
             return F.conv_transpose2d(a, w, output_padding=layer["output_padding"], **geometry)
         return F.conv2d(a, w, **geometry)
 
-    def _bucket(self, scales: torch.Tensor) -> np.ndarray:
-        """``searchsorted(thresholds, scales, side="left")`` as int32, exactly, faster.
+@kernel
+def _layer_output(acc, bias, relu, mult, thresholds, out):
+    """A layer's output from its accumulators ``acc`` (B, C, H, W), at the positions of
+    ``out`` (B, C, h, w): per channel ``k``, ``v = relu(acc + bias[k]) * mult[k]``, then
 
-        The scale table is log-spaced, so a scale's position on a log scale gives its
-        index; where that position lies within ``_slack`` (the thresholds' own deviation
-        from whole positions, plus rounding) of a whole number, the index is found by
-        binary search instead.
-        """
-        pos = (torch.log(scales) - self._log_t0) / self._step  # log(0) = -inf: index 0
-        whole = torch.floor(pos)
-        idx = (whole + 1).clamp_(0, len(self.thresholds))
-        frac = pos.sub_(whole)
-        unsure = (frac < self._slack) | (frac > 1 - self._slack)
-        if unsure.any():
-            idx[unsure] = torch.searchsorted(torch.from_numpy(self.thresholds), scales[unsure], side="left").double()
-        return idx.to(torch.int32).numpy()
+    * no ``thresholds`` (a hidden layer): the next layer's activations ``floor(v + 1/2)``
+      (``out`` may be ``acc`` itself);
+    * else (the last layer): the scale index ``searchsorted(thresholds, v, side="left")``,
+      by binary search with exact comparisons.
+
+    False if a sum reached MAX_EXACT (the convolution may not have been exact).
+    """
+    b, c, h, w = out.shape
+    n = thresholds.shape[0]
+    for i in range(b):
+        for k in range(c):
+            for r in range(h):
+                for s in range(w):
+                    v = acc[i, k, r, s] + bias[k]
+                    if relu and v < 0.0:
+                        v = 0.0
+                    if not abs(v) < MAX_EXACT:
+                        return False
+                    v *= mult[k]
+                    if n == 0:
+                        out[i, k, r, s] = np.floor(v + 0.5)
+                        continue
+                    lo, hi = 0, n
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if thresholds[mid] < v:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    out[i, k, r, s] = lo
+    return True
 
 
 def _weight_sum_bound(layer: dict) -> float:
