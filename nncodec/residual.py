@@ -203,12 +203,21 @@ def _context(even_k, even_r, n_odd):
             left, right_k = even_k[m, c], even_k[right, c]
             activity = (FRACTION * (abs(even_r[m, c]) + abs(even_r[right, c])) + 2 * abs(left - right_k)
                         + abs(even_k[far_left, c] - left - right_k + even_k[far_right, c]))
-            octave, v = -1, activity + 1
-            while v:  # the bit length of activity + 1, less one
-                v >>= 1
-                octave += 1
-            out[m, c] = min(octave, N_BUCKETS - 1)
+            out[m, c] = _octave(activity + 1)
     return out
+
+
+@kernel
+def _octave(v):
+    """floor(log2(v)) of an integer v >= 1 (its bit length less one), at most N_BUCKETS - 1."""
+    if v >= 1 << (N_BUCKETS - 1):
+        return N_BUCKETS - 1
+    octave = 0
+    for half in (16, 8, 4, 2, 1):
+        if v >= 1 << half:
+            v >>= half
+            octave += half
+    return octave
 
 
 def _walk(predictor: int, visit, k: np.ndarray, r: np.ndarray, finite: np.ndarray, *extra: np.ndarray) -> None:
@@ -245,28 +254,6 @@ class ResidualCode:
     bits: float = 0.0
 
 
-def _choose(values: np.ndarray, ctx: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
-    """Cheapest virtual index for each context octave present: (octaves ascending, indexes)."""
-    seen = np.bincount(ctx, minlength=N_BUCKETS)
-    present = np.flatnonzero(seen)
-    rank = np.cumsum(seen > 0) - 1
-    inverse = rank[ctx]
-    counts = seen[present]
-    spread = np.bincount(inverse, np.abs(values).astype(np.float64)) / counts
-    widest = 2.0 ** ((N_LAPLACE - 17) / 4)
-    bits, escape, offsets = tables.costs("r")
-    costs = np.full((len(present), N_VIRTUAL), np.inf)
-    for shift in range(MAX_SHIFT + 1):
-        # a shift pays only for spreads near or beyond the widest table (mean |r| = b)
-        if shift and spread.max() < widest * 2.0 ** (shift - 2):
-            break
-        first = 0 if shift == 0 else N_LAPLACE - 4
-        sums = np.zeros((len(present), N_LAPLACE - first))
-        _table_costs(values, inverse, shift, bits, escape, offsets, first, sums)
-        costs[:, first + 4 * shift : N_LAPLACE + 4 * shift] = sums + shift * counts[:, None]
-    return present, np.argmin(costs, axis=1)
-
-
 @kernel
 def _table_costs(values, inverse, shift, bits, escape, offsets, first, out):
     """``out[o, j]`` += estimated bits of octave ``o``'s ``values >> shift`` under table
@@ -300,19 +287,19 @@ def _add_cost(out, o, value, count, bits, escape, offsets, first):
         s = value - offsets[t]
         c = bits[t, s] if 0 <= s < bits.shape[1] else np.inf
         if not np.isfinite(c):
-            c = escape[t] + 4 + 4 * np.ceil(np.log2(abs(s) * 2 + 2) / 4)
+            # 4-bit digits: ceil(log2(2|s| + 2) / 4), the least d with 16 ** d >= 2|s| + 2
+            digits, reach, need = 0, 1, abs(s) * 2 + 2
+            while reach < need:
+                reach <<= 4
+                digits += 1
+            c = escape[t] + 4 + 4 * digits
         out[o, j] += count * c
 
 
-def _side_symbols(present: np.ndarray, virtual: np.ndarray, start: int) -> np.ndarray:
-    """Differences coding the virtual indexes of one pass (see :func:`_side_decode`)."""
-    expected = np.concatenate(([start], virtual[:-1] + SIDE_SLOPE * np.diff(present)))
-    return virtual - expected
-
-
 def _side_decode(present: np.ndarray, diffs: np.ndarray, start: int) -> np.ndarray:
-    """Inverse of :func:`_side_symbols`: the first relative to ``start``, then each
-    relative to the previous plus ``SIDE_SLOPE`` per octave between them."""
+    """The virtual indexes of one pass from the differences :func:`_emit_pass` sent: the
+    first relative to ``start``, then each relative to the previous plus ``SIDE_SLOPE``
+    per octave between them."""
     steps = np.concatenate(([start], SIDE_SLOPE * np.diff(present))) + diffs
     virtual = np.cumsum(steps)
     if virtual.size and (virtual.min() < 0 or virtual.max() >= N_VIRTUAL):
@@ -332,7 +319,7 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
     predictor : int
         A value of ``PREDICTORS``.
     tables : nncodec.entropy.Tables
-        Prices the symbols (``symbol_bits("r", ...)``) to choose the tables.
+        Prices the symbols (``costs("r")``, ``symbol_bits("r", ...)``) to choose the tables.
 
     Returns
     -------
@@ -340,46 +327,133 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
         None when a symbol would not fit the range coder (``|y|`` near ``MAX_SYMBOL``).
     """
     k = np.zeros(y.shape, dtype=np.int64)
-    r = np.zeros_like(k)
     root = np.rint(y.flat[0] if finite.flat[0] else np.median(y[finite]) if finite.any() else 0.0)
     if abs(root) >= MAX_SYMBOL:
         return None
     k.flat[0] = FRACTION * int(root)
-    pieces = []
-
-    def visit(pred, ctx, k_odd, r_odd, fo, y_odd):
-        # round(y - P) in float64: exact enough, and the codec verifies every value anyway
-        res = np.rint(np.where(fo, y_odd - pred / FRACTION, 0.0))
-        if np.abs(res).max(initial=0) >= MAX_SYMBOL:
-            raise OverflowError
-        r_odd[...] = res
-        k_odd[...] = pred + FRACTION * r_odd
-        pieces.append((r_odd[fo], ctx[fo]))
-
-    try:
-        _walk(predictor, visit, k, r, finite, y)
-    except OverflowError:
+    n_passes = 2 * (max(y.shape) - 1).bit_length()
+    symbols = np.empty(1 + n_passes * N_BUCKETS + 3 * y.size, dtype=np.int64)
+    indexes = np.empty(symbols.size, dtype=np.int32)
+    symbols[0], indexes[0] = int(root), ROOT_TABLE
+    bits, escape, offsets = tables.costs("r")
+    n = _encode_passes(np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(finite, dtype=np.bool_),
+                       predictor, k, bits, escape, offsets, symbols, indexes)
+    if n < 0:
         return None
-    symbols, indexes = [np.array([int(root)])], [np.array([ROOT_TABLE])]
-    start = SIDE_START
-    for values, ctx in pieces:
-        if values.size == 0:
-            continue
-        present, virtual = _choose(values, ctx, tables)
-        symbols.append(_side_symbols(present, virtual, start))
-        indexes.append(np.full(len(present), SIDE_TABLE))
-        start = int(virtual[0])
-        table, shift = split_virtual(virtual[np.searchsorted(present, ctx)])
-        symbols.append(values // (1 << shift))
-        indexes.append(table)
-        low = values % (1 << shift)
-        for first, width in _raw_pieces(shift):
-            has = width > 0
-            symbols.append(low[has] // (1 << first) % (1 << width[has]))
-            indexes.append(N_LAPLACE + width[has] - 1)
-    code = ResidualCode(predictor, k / FRACTION, np.concatenate(symbols), np.concatenate(indexes).astype(np.int32))
+    code = ResidualCode(predictor, k / FRACTION, symbols[:n], indexes[:n])
     code.bits = float(tables.symbol_bits("r", code.symbols, code.indexes).sum())
     return code
+
+
+@kernel
+def _encode_passes(y, finite, predictor, k, bits, escape, offsets, symbols, indexes):
+    """The passes of :func:`encode_residual` (the order of :func:`_walk`): fills ``k``
+    (``k[0, 0]`` given) and writes, from position 1 of ``symbols`` and ``indexes``, each
+    pass's table choice and symbols. Returns the number of symbols in all, or -1 when a
+    residual would not fit the range coder."""
+    h, w = k.shape
+    r = np.zeros_like(k)
+    values = np.empty(h * w, dtype=np.int64)
+    octaves = np.empty(h * w, dtype=np.int64)
+    levels, edge = 0, max(h, w) - 1
+    while edge:
+        edge >>= 1
+        levels += 1
+    n, start = 1, SIDE_START
+    for lev in range(levels - 1, -1, -1):
+        s = 1 << lev
+        for axis in range(2):
+            if axis == 0:
+                ks, rs, fs, ys = k[::s, :: 2 * s], r[::s, :: 2 * s], finite[::s, :: 2 * s], y[::s, :: 2 * s]
+            else:
+                ks, rs, fs, ys = k[::s, ::s].T, r[::s, ::s].T, finite[::s, ::s].T, y[::s, ::s].T
+            n_odd = ks.shape[0] // 2
+            if n_odd == 0:
+                continue
+            k_odd, r_odd, f_odd, y_odd = ks[1::2], rs[1::2], fs[1::2], ys[1::2]
+            if predictor == 0:  # PREDICTORS["none"]
+                pred = np.zeros((n_odd, ks.shape[1]), dtype=np.int64)
+            else:
+                pred = _interpolate(ks[0::2], n_odd)
+            if np.count_nonzero(f_odd) >= MIN_CONTEXT:
+                ctx = _context(ks[0::2], rs[0::2], n_odd)
+            else:
+                ctx = np.zeros(pred.shape, dtype=np.int64)
+            m = 0
+            for i in range(n_odd):
+                for j in range(ks.shape[1]):
+                    res = 0
+                    if f_odd[i, j]:
+                        # round(y - P) in float64: exact enough, and the codec verifies every value anyway
+                        v = np.rint(y_odd[i, j] - pred[i, j] / FRACTION)
+                        if abs(v) >= MAX_SYMBOL:
+                            return -1
+                        res = int(v)
+                        values[m], octaves[m] = res, ctx[i, j]
+                        m += 1
+                    r_odd[i, j] = res
+                    k_odd[i, j] = pred[i, j] + FRACTION * res
+            if m:
+                n, start = _emit_pass(values[:m], octaves[:m], start, bits, escape, offsets, symbols, indexes, n)
+    return n
+
+
+@kernel
+def _emit_pass(values, ctx, start, bits, escape, offsets, symbols, indexes, n):
+    """One pass's symbols from position ``n``: the virtual index of each context octave
+    present (cheapest by ``_table_costs``, sent as differences), then every value under
+    its octave's table, then the raw low bits of shifted tables in ``RAW_BITS`` pieces.
+    Returns (the next position, the virtual index the next pass's differences start from)."""
+    seen = np.zeros(N_BUCKETS, dtype=np.int64)
+    for c in ctx:
+        seen[c] += 1
+    rank = np.zeros(N_BUCKETS, dtype=np.int64)
+    present = np.empty(N_BUCKETS, dtype=np.int64)
+    n_present = 0
+    for o in range(N_BUCKETS):
+        if seen[o]:
+            rank[o], present[n_present] = n_present, o
+            n_present += 1
+    present = present[:n_present]
+    inverse = np.empty(values.size, dtype=np.int64)
+    spread = np.zeros(n_present)
+    for i in range(values.size):
+        inverse[i] = rank[ctx[i]]
+        spread[inverse[i]] += abs(values[i])
+    counts = seen[present]
+    spread /= counts
+    widest = 2.0 ** ((N_LAPLACE - 17) / 4)
+    costs = np.full((n_present, N_VIRTUAL), np.inf)
+    for shift in range(MAX_SHIFT + 1):
+        # a shift pays only for spreads near or beyond the widest table (mean |r| = b)
+        if shift and spread.max() < widest * 2.0 ** (shift - 2):
+            break
+        first = 0 if shift == 0 else N_LAPLACE - 4
+        sums = np.zeros((n_present, N_LAPLACE - first))
+        _table_costs(values, inverse, shift, bits, escape, offsets, first, sums)
+        for o in range(n_present):
+            for j in range(sums.shape[1]):
+                costs[o, first + 4 * shift + j] = sums[o, j] + shift * counts[o]
+    virtual = np.empty(n_present, dtype=np.int64)
+    for o in range(n_present):
+        virtual[o] = np.argmin(costs[o])
+        expected = start if o == 0 else virtual[o - 1] + SIDE_SLOPE * (present[o] - present[o - 1])
+        symbols[n], indexes[n] = virtual[o] - expected, SIDE_TABLE
+        n += 1
+    shifts = np.empty(values.size, dtype=np.int64)
+    for i in range(values.size):
+        v = virtual[inverse[i]]
+        shifts[i] = max(0, -(-(v - (N_LAPLACE - 1)) // 4))
+        symbols[n], indexes[n] = values[i] // (1 << shifts[i]), v - 4 * shifts[i]
+        n += 1
+    for first in range(0, MAX_SHIFT, RAW_BITS):
+        for i in range(values.size):
+            width = min(max(shifts[i] - first, 0), RAW_BITS)
+            if width > 0:
+                low = values[i] % (1 << shifts[i])
+                symbols[n], indexes[n] = low // (1 << first) % (1 << width), N_LAPLACE + width - 1
+                n += 1
+    return n, virtual[0]
 
 
 # -- decoding ----------------------------------------------------------------------------
