@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ._jit import kernel
 from .rans import CoderTables, Decoder, Encoder
-from .residual import residual_tables
+from .residual import price_symbols, residual_tables
 
 WEIGHT_MAX = 127  # integer weights fit in 8 bits
 ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
@@ -296,17 +296,15 @@ class Tables:
         return self._costs[which]
 
     def symbol_bits(self, which: str, symbols: np.ndarray, indexes: np.ndarray) -> np.ndarray:
-        """Estimated coded size in bits of each symbol under its table index."""
+        """Estimated coded size in bits of each symbol under its table index (flat float64)."""
         bits, escape, offsets = self.costs(which)
-        idx = np.broadcast_to(indexes, symbols.shape).ravel()
-        s = symbols.astype(np.int64).ravel() - offsets[idx]
-        inside = (s >= 0) & (s < bits.shape[1])
-        c = np.where(inside, bits[idx, np.clip(s, 0, bits.shape[1] - 1)], np.inf)
-        out = ~np.isfinite(c)
-        if out.any():
-            # the escape symbol, then the raw value in 4-bit bypass digits
-            c[out] = escape[idx[out]] + 4 + 4 * np.ceil(np.log2(np.abs(s[out]) * 2 + 2) / 4)
-        return c
+        sym = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
+        idx = np.ascontiguousarray(np.broadcast_to(indexes, np.shape(symbols)), dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(escape)):
+            raise ValueError("entropy table index out of range")
+        out = np.empty(sym.size)
+        price_symbols(sym, idx, bits, escape, offsets, out)
+        return out
 
 
 def _coder_tables(cdf: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> CoderTables:

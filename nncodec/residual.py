@@ -280,20 +280,38 @@ def _table_costs(values, inverse, shift, bits, escape, offsets, first, out):
 @kernel
 def _add_cost(out, o, value, count, bits, escape, offsets, first):
     """``count`` times the estimated bits of ``value`` under each candidate table, added to
-    row ``o``: as :meth:`nncodec.entropy.Tables.symbol_bits` prices it (the table's cost
-    inside its range, else the escape symbol, a digit count and the value's 4-bit digits)."""
+    row ``o``: as :func:`price_symbols` prices it."""
     for j in range(out.shape[1]):
         t = first + j
         s = value - offsets[t]
         c = bits[t, s] if 0 <= s < bits.shape[1] else np.inf
         if not np.isfinite(c):
-            # 4-bit digits: ceil(log2(2|s| + 2) / 4), the least d with 16 ** d >= 2|s| + 2
-            digits, reach, need = 0, 1, abs(s) * 2 + 2
-            while reach < need:
-                reach <<= 4
-                digits += 1
-            c = escape[t] + 4 + 4 * digits
+            c = escape[t] + 4 + 4 * _escaped_digits(s)
         out[o, j] += count * c
+
+
+@kernel
+def price_symbols(symbols, indexes, bits, escape, offsets, out):
+    """``out[i]``: estimated bits of ``symbols[i]`` under table ``indexes[i]`` (flat arrays;
+    ``bits, escape, offsets`` as :meth:`nncodec.entropy.Tables.costs` gives them): the
+    table's cost inside its range, else its escape symbol, a 4-bit digit count and
+    :func:`_escaped_digits` 4-bit digits."""
+    for i in range(symbols.size):
+        t = indexes[i]
+        s = symbols[i] - offsets[t]
+        c = bits[t, s] if 0 <= s < bits.shape[1] else np.inf
+        out[i] = c if np.isfinite(c) else escape[t] + 4 + 4 * _escaped_digits(s)
+
+
+@kernel
+def _escaped_digits(s):
+    """The 4-bit digits that code an escaped value ``s`` places above the table's offset:
+    ceil(log2(2|s| + 2) / 4), the least d with 16 ** d >= 2|s| + 2."""
+    digits, reach, need = 0, 1, abs(s) * 2 + 2
+    while reach < need:
+        reach <<= 4
+        digits += 1
+    return digits
 
 
 def _side_decode(present: np.ndarray, diffs: np.ndarray, start: int) -> np.ndarray:
