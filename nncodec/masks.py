@@ -38,7 +38,7 @@ def encode_mask(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     bad = values.reshape(-1)[flat]
     raw = np.ascontiguousarray(bad).view(np.uint8).reshape(bad.size, -1)
     out = bytearray()
-    if len(np.unique(raw, axis=0)) == 1:
+    if bad.size and (raw == raw[0]).all():  # one bit pattern for all (the usual NaN)
         out.append(_UNIFORM)
         out += raw[0].tobytes()
     else:

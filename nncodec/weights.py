@@ -73,24 +73,31 @@ class ModelRef:
         return bytes.fromhex(self.sha256[:8])
 
 
+@functools.lru_cache(maxsize=None)
+def _shipped(name: str) -> ModelRef:
+    """A shipped model's reference, its file checked once per process (a decoder resolves
+    the model of every chunk it reads)."""
+    code, expected = REGISTRY[name]
+    path = _shipped_dir() / f"{name}.pt"
+    if not path.exists():
+        raise ModelError(
+            f"the weights of model {name!r} are missing from the installed package ({path}); "
+            "reinstall nncodec"
+        )
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(
+            f"the weights file of model {name!r} ({path}) has sha256 {actual[:16]}..., expected "
+            f"{expected[:16]}...; the installation is damaged: reinstall nncodec"
+        )
+    return ModelRef(name, code, path, actual)
+
+
 def resolve(model: str | os.PathLike | None) -> ModelRef:
     """Turn a model id or a weights path into a checked :class:`ModelRef`."""
     name = DEFAULT_MODEL if model is None else os.fspath(model)
     if name in REGISTRY:
-        code, expected = REGISTRY[name]
-        path = _shipped_dir() / f"{name}.pt"
-        if not path.exists():
-            raise ModelError(
-                f"the weights of model {name!r} are missing from the installed package ({path}); "
-                "reinstall nncodec"
-            )
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ModelError(
-                f"the weights file of model {name!r} ({path}) has sha256 {actual[:16]}..., expected "
-                f"{expected[:16]}...; the installation is damaged: reinstall nncodec"
-            )
-        return ModelRef(name, code, path, actual)
+        return _shipped(name)
     extra = os.environ.get("NNCODEC_WEIGHTS_DIR")
     candidates = [Path(name)]
     if extra:
