@@ -105,7 +105,7 @@ def test_bucketing_matches_searchsorted_at_and_around_every_threshold(rt):
         np.exp(rng.uniform(np.log(thr[0]) - 1, np.log(thr[-1]) + 1, 100_000)),
     ])
     got = np.empty((1, 1, 1, scales.size), np.int32)
-    assert _layer_output(scales.reshape(got.shape), np.zeros(1), False, np.ones(1), thr, got)
+    assert _layer_output(scales.reshape(got.shape), np.zeros(1), False, np.ones(1), ih._padded_thresholds, got)
     np.testing.assert_array_equal(got.ravel(), np.searchsorted(thr, scales, side="left"))
 
 
