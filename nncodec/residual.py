@@ -358,7 +358,8 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
                        predictor, k, bits, escape, offsets, symbols, indexes)
     if n < 0:
         return None
-    code = ResidualCode(predictor, k / FRACTION, symbols[:n], indexes[:n])
+    # copies: a tile's code outlives the call, and the buffers hold room for 3 symbols a value
+    code = ResidualCode(predictor, k / FRACTION, symbols[:n].copy(), indexes[:n].copy())
     code.bits = float(tables.symbol_bits("r", code.symbols, code.indexes).sum())
     return code
 
