@@ -143,16 +143,17 @@ def residual_tables() -> tuple[list[list[int]], list[int], list[int]]:
     return cdfs, [len(c) for c in cdfs], offsets
 
 
-def split_virtual(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(table, shift) of virtual indexes: above the widest table, each shift bit is 4 steps."""
-    shift = np.maximum(0, -(-(v - (N_LAPLACE - 1)) // 4))
-    return v - 4 * shift, shift
+@kernel
+def _virtual_shift(v):
+    """The raw low bits of virtual index ``v``: above the widest table each bit is 4 steps
+    (the table is then ``v - 4 * shift``)."""
+    return max(0, -(-(v - (N_LAPLACE - 1)) // 4))
 
 
-def _raw_pieces(shift: np.ndarray):
-    """(first bit, width per symbol) of the pieces of up to ``RAW_BITS`` raw low bits."""
-    for first in range(0, MAX_SHIFT, RAW_BITS):
-        yield first, np.clip(shift - first, 0, RAW_BITS)
+@kernel
+def _piece_width(shift, first):
+    """Bits of the raw piece that starts at bit ``first`` of ``shift`` raw low bits (0: none)."""
+    return min(max(shift - first, 0), RAW_BITS)
 
 
 # -- the interpolation passes ------------------------------------------------------------
@@ -162,10 +163,11 @@ def _passes(shape: tuple[int, int]) -> list[tuple[int, int]]:
     return [(1 << lev, ax) for lev in range(levels - 1, -1, -1) for ax in (0, 1)]
 
 
-def _predict(even: np.ndarray, n_odd: int, predictor: int) -> np.ndarray:
+@kernel
+def _predict(even, n_odd, predictor):
     """Integer prediction of the ``n_odd`` odd rows lying between the rows of ``even``."""
-    if predictor == PREDICTORS["none"]:
-        return np.zeros((n_odd,) + even.shape[1:], dtype=np.int64)
+    if predictor == 0:  # PREDICTORS["none"]
+        return np.zeros((n_odd, even.shape[1]), dtype=np.int64)
     return _interpolate(even, n_odd)
 
 
@@ -220,25 +222,21 @@ def _octave(v):
     return octave
 
 
-def _walk(predictor: int, visit, k: np.ndarray, r: np.ndarray, finite: np.ndarray, *extra: np.ndarray) -> None:
-    """Run the passes over ``k`` (int64 ``K``, filled in place) and ``r`` (the residuals).
+def _pass_views(k: np.ndarray, r: np.ndarray, finite: np.ndarray, s: int, axis: int):
+    """The sub-grids of ``k``, ``r`` and ``finite`` a pass of stride ``s`` along ``axis``
+    works on, as views whose rows are the pass's axis (transposed for column passes): its
+    even rows are known, its odd rows are coded."""
+    cut = (slice(None, None, s), slice(None, None, 2 * s if axis == 0 else s))
+    return tuple(a[cut].T if axis else a[cut] for a in (k, r, finite))
 
-    ``visit(prediction, context, k_odd, r_odd, finite_odd, *extra_odd)`` gets each pass's
-    odd rows as views (transposed for column passes) and fills ``k_odd`` and ``r_odd``;
-    predictions are in units of ``K``.
-    """
-    for s, axis in _passes(k.shape):
-        cut = (slice(None, None, s), slice(None, None, 2 * s if axis == 0 else s))
-        ks, rs, *others = (a[cut].T if axis else a[cut] for a in (k, r, finite) + extra)
-        n_odd = ks.shape[0] // 2
-        if n_odd == 0:
-            continue
-        pred = _predict(ks[0::2], n_odd, predictor)
-        if np.count_nonzero(others[0][1::2]) >= MIN_CONTEXT:
-            ctx = _context(ks[0::2], rs[0::2], n_odd)
-        else:
-            ctx = np.zeros(pred.shape, dtype=np.int64)
-        visit(pred, ctx, ks[1::2], rs[1::2], *(o[1::2] for o in others))
+
+@kernel
+def _pass_context(even_k, even_r, finite_odd, n_odd):
+    """Context octaves of a pass's odd rows (:func:`_context`), or all 0 where the pass
+    codes fewer than ``MIN_CONTEXT`` values (one table: side information would cost more)."""
+    if np.count_nonzero(finite_odd) >= MIN_CONTEXT:
+        return _context(even_k, even_r, n_odd)
+    return np.zeros((n_odd, even_k.shape[1]), dtype=np.int64)
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -366,7 +364,7 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables) -
 
 @kernel
 def _encode_passes(y, finite, predictor, k, bits, escape, offsets, symbols, indexes):
-    """The passes of :func:`encode_residual` (the order of :func:`_walk`): fills ``k``
+    """The passes of :func:`encode_residual` (coarse to fine, :func:`_passes`): fills ``k``
     (``k[0, 0]`` given) and writes, from position 1 of ``symbols`` and ``indexes``, each
     pass's table choice and symbols. Returns the number of symbols in all, or -1 when a
     residual would not fit the range coder."""
@@ -381,7 +379,7 @@ def _encode_passes(y, finite, predictor, k, bits, escape, offsets, symbols, inde
     n, start = 1, SIDE_START
     for lev in range(levels - 1, -1, -1):
         s = 1 << lev
-        for axis in range(2):
+        for axis in range(2):  # as _pass_views cuts them
             if axis == 0:
                 ks, rs, fs, ys = k[::s, :: 2 * s], r[::s, :: 2 * s], finite[::s, :: 2 * s], y[::s, :: 2 * s]
             else:
@@ -390,14 +388,8 @@ def _encode_passes(y, finite, predictor, k, bits, escape, offsets, symbols, inde
             if n_odd == 0:
                 continue
             k_odd, r_odd, f_odd, y_odd = ks[1::2], rs[1::2], fs[1::2], ys[1::2]
-            if predictor == 0:  # PREDICTORS["none"]
-                pred = np.zeros((n_odd, ks.shape[1]), dtype=np.int64)
-            else:
-                pred = _interpolate(ks[0::2], n_odd)
-            if np.count_nonzero(f_odd) >= MIN_CONTEXT:
-                ctx = _context(ks[0::2], rs[0::2], n_odd)
-            else:
-                ctx = np.zeros(pred.shape, dtype=np.int64)
+            pred = _predict(ks[0::2], n_odd, predictor)
+            ctx = _pass_context(ks[0::2], rs[0::2], f_odd, n_odd)
             m = 0
             for i in range(n_odd):
                 for j in range(ks.shape[1]):
@@ -462,12 +454,12 @@ def _emit_pass(values, ctx, start, bits, escape, offsets, symbols, indexes, n):
     shifts = np.empty(values.size, dtype=np.int64)
     for i in range(values.size):
         v = virtual[inverse[i]]
-        shifts[i] = max(0, -(-(v - (N_LAPLACE - 1)) // 4))
+        shifts[i] = _virtual_shift(v)
         symbols[n], indexes[n] = values[i] // (1 << shifts[i]), v - 4 * shifts[i]
         n += 1
     for first in range(0, MAX_SHIFT, RAW_BITS):
         for i in range(values.size):
-            width = min(max(shifts[i] - first, 0), RAW_BITS)
+            width = _piece_width(shifts[i], first)
             if width > 0:
                 low = values[i] % (1 << shifts[i])
                 symbols[n], indexes[n] = low // (1 << first) % (1 << width), N_LAPLACE + width - 1
@@ -503,24 +495,92 @@ def decode_residual(read, shape: tuple[int, int], finite: np.ndarray, predictor:
     k = np.zeros(shape, dtype=np.int64)
     r = np.zeros_like(k)
     k.flat[0] = FRACTION * read(np.array([ROOT_TABLE]))[0]
-    start = [SIDE_START]
-
-    def visit(pred, ctx, k_odd, r_odd, fo):
-        c = ctx[fo]
-        if c.size:
-            present = np.unique(c)
-            virtual = _side_decode(present, read(np.full(len(present), SIDE_TABLE)), start[0])
-            start[0] = int(virtual[0])
-            table, shift = split_virtual(virtual[np.searchsorted(present, c)])
-            values = read(table) * (1 << shift)
-            for first, width in _raw_pieces(shift):
-                has = width > 0
-                values[has] += read(N_LAPLACE + width[has] - 1) * (1 << first)
-            r_odd[fo] = values
-        k_odd[...] = pred + FRACTION * r_odd
-
-    _walk(predictor, visit, k, r, finite)
+    start = SIDE_START
+    for s, axis in _passes(shape):
+        ks, rs, fs = _pass_views(k, r, finite, s, axis)
+        if ks.shape[0] < 2:
+            continue
+        pred, ctx, present = _decode_context(ks, rs, fs, predictor)
+        values = np.zeros(0, dtype=np.int64)
+        if ctx.size:
+            virtual = _side_decode(present, read(np.full(len(present), SIDE_TABLE)), start)
+            start = int(virtual[0])
+            indexes, shifts = _symbol_tables(ctx, present, virtual)
+            values = _join_pieces(read(indexes), shifts)
+        _fill_pass(ks, rs, fs, pred, values)
     return k / FRACTION
+
+
+@kernel
+def _decode_context(ks, rs, fs, predictor):
+    """A pass's prediction, the context octaves of its finite odd positions (flat, in
+    order) and the octaves present, ascending."""
+    n_odd = ks.shape[0] // 2
+    f_odd = fs[1::2]
+    pred = _predict(ks[0::2], n_odd, predictor)
+    ctx = _pass_context(ks[0::2], rs[0::2], f_odd, n_odd)
+    flat = np.empty(np.count_nonzero(f_odd), dtype=np.int64)
+    seen = np.zeros(N_BUCKETS, dtype=np.bool_)
+    m = 0
+    for i in range(n_odd):
+        for j in range(ks.shape[1]):
+            if f_odd[i, j]:
+                flat[m] = ctx[i, j]
+                seen[ctx[i, j]] = True
+                m += 1
+    return pred, flat, np.flatnonzero(seen)
+
+
+@kernel
+def _symbol_tables(ctx, present, virtual):
+    """The table of every symbol of a pass after its side information (in stream order:
+    each value under its octave's table, then the raw low-bit pieces), and each value's shift."""
+    of_octave = np.zeros(N_BUCKETS, dtype=np.int64)
+    for o in range(present.size):
+        of_octave[present[o]] = virtual[o]
+    shifts = np.empty(ctx.size, dtype=np.int64)
+    indexes = np.empty(3 * ctx.size, dtype=np.int32)
+    for i in range(ctx.size):
+        v = of_octave[ctx[i]]
+        shifts[i] = _virtual_shift(v)
+        indexes[i] = v - 4 * shifts[i]
+    n = ctx.size
+    for first in range(0, MAX_SHIFT, RAW_BITS):
+        for i in range(ctx.size):
+            width = _piece_width(shifts[i], first)
+            if width > 0:
+                indexes[n] = N_LAPLACE + width - 1
+                n += 1
+    return indexes[:n], shifts
+
+
+@kernel
+def _join_pieces(symbols, shifts):
+    """A pass's residuals from its symbols: each value's table symbol, shifted, plus its raw pieces."""
+    values = np.empty(shifts.size, dtype=np.int64)
+    for i in range(shifts.size):
+        values[i] = symbols[i] * (1 << shifts[i])
+    n = shifts.size
+    for first in range(0, MAX_SHIFT, RAW_BITS):
+        for i in range(shifts.size):
+            if shifts[i] > first:
+                values[i] += symbols[n] * (1 << first)
+                n += 1
+    return values
+
+
+@kernel
+def _fill_pass(ks, rs, fs, pred, values):
+    """A pass's odd rows: the residuals ``values`` at the finite positions, in order, and
+    ``K = P + FRACTION * r``."""
+    m = 0
+    k_odd, r_odd, f_odd = ks[1::2], rs[1::2], fs[1::2]
+    for i in range(pred.shape[0]):
+        for j in range(pred.shape[1]):
+            if f_odd[i, j]:
+                r_odd[i, j] = values[m]
+                m += 1
+            k_odd[i, j] = pred[i, j] + FRACTION * r_odd[i, j]
 
 
 def quantisation_step(bound: float, dtype: np.dtype, max_abs: float, max_scale: float, uses_network: bool) -> float:
