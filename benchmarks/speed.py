@@ -98,17 +98,17 @@ def network_macs(codec: NNCodec, edge: int = 256) -> dict:
     """Multiply-adds per value of the analysis and synthesis transforms on one tile."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nncodec.models.hyperprior import decoder_synthesis
+    from nncodec.models.transforms import decoder_synthesis
     from nncodec.weights import load
 
     rt = load(codec.model)
     x = torch.zeros(1, 1, edge, edge)
     out = {}
     with torch.no_grad():
-        y = rt.net.g_a(x)
-        for name, fn, arg in (("analysis g_a", rt.net.g_a, x), ("synthesis g_s", rt.net.g_s, y),
-                              ("g_s in its decoder form (format v3)", decoder_synthesis(rt.net.g_s), y),
-                              ("hyper-analysis h_a", rt.net.h_a, y)):
+        y = rt.g_a(x)
+        for name, fn, arg in (("analysis g_a", rt.g_a, x), ("synthesis g_s", rt.g_s, y),
+                              ("g_s in its decoder form (format v3)", decoder_synthesis(rt.g_s), y),
+                              ("hyper-analysis h_a", rt.h_a, y)):
             counter = FlopCounterMode(display=False)
             with counter:
                 fn(arg)

@@ -1,5 +1,6 @@
-"""The CompressAI pieces nncodec uses, imported once (its range coder only as the
-reference that tests/test_rans.py compares nncodec's own with).
+"""The CompressAI pieces nncodec uses for training (and the latent refinement), imported
+once; its range coder only as the reference that tests/test_rans.py compares nncodec's
+own with. Encoding and decoding never import it (:mod:`nncodec.models.transforms`).
 
 Importing compressai makes torch warn that ``torch.jit.script`` is deprecated (from
 CompressAI's own modules, not ours); every Dask worker would print it on first decode.

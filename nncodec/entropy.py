@@ -270,11 +270,14 @@ def _float32_is_ieee() -> bool:
 class Tables:
     """The integer CDF tables of one model, converted once to what the range coder takes."""
 
-    def __init__(self, entropy_bottleneck, gaussian_conditional):
-        eb, gc = entropy_bottleneck, gaussian_conditional
-        self.z = _coder_tables(eb._quantized_cdf, eb._cdf_length, eb._offset)
-        self.y = _coder_tables(gc._quantized_cdf, gc._cdf_length, gc._offset)
-        self.medians = eb.quantiles[:, 0, 1].detach().clone()
+    def __init__(self, state: dict):
+        """``state``: a weights file's state dict (the CDF buffers CompressAI's
+        ``update()`` computed at export, and the factorised prior's quantiles)."""
+        self.z, self.y = (
+            _coder_tables(*(state[f"{model}.{name}"] for name in ("_quantized_cdf", "_cdf_length", "_offset")))
+            for model in ("entropy_bottleneck", "gaussian_conditional")
+        )
+        self.medians = state["entropy_bottleneck.quantiles"][:, 0, 1].detach().clone()
         self.levels = len(self.y)
         self._costs = {}
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from nncodec.entropy import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
-from nncodec.models.hyperprior import decoder_synthesis, encoder_analysis
+from nncodec.models.transforms import decoder_synthesis, encoder_analysis
 from nncodec.weights import load
 
 from conftest import load_field
@@ -109,9 +109,26 @@ def test_bucketing_matches_searchsorted_at_and_around_every_threshold(rt):
     np.testing.assert_array_equal(got.ravel(), np.searchsorted(thr, scales, side="left"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_runtime_transforms_compute_the_training_networks_bits(rt, dtype):
+    """The runtime's CompressAI-free transforms (own GDN) give CompressAI's GDN's results
+    bit for bit, in float32 (format v1/v2 decoding) and float64 (the error-bound layer)."""
+    net = rt.training_net
+    assert type(net.g_s[1]).__module__.startswith("compressai")
+    assert not type(rt.g_s[1]).__module__.startswith("compressai")
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((2, 1, 80, 144))).to(dtype)
+    y = torch.from_numpy(rng.normal(0, 2, (2, rt.g_s[0].in_channels, 5, 9))).to(dtype)
+    with torch.no_grad():
+        pairs = [(copy.deepcopy(a).to(dtype), copy.deepcopy(b).to(dtype), v)
+                 for a, b, v in ((rt.g_a, net.g_a, x), (rt.g_s, net.g_s, y), (rt.h_a, net.h_a, y))]
+        for ours, theirs, v in pairs:
+            assert torch.equal(ours(v), theirs(v))
+
+
 @pytest.mark.parametrize("y_shape", [(16, 16), (5, 9)])
 def test_decoder_synthesis_is_the_trained_network(rt, y_shape):
-    g_s = copy.deepcopy(rt.net.g_s).double()
+    g_s = copy.deepcopy(rt.g_s).double()
     fast = decoder_synthesis(g_s)
     y = torch.from_numpy(np.random.default_rng(1).normal(0, 2, (3, g_s[0].in_channels, *y_shape)))
     with torch.no_grad():
@@ -121,7 +138,7 @@ def test_decoder_synthesis_is_the_trained_network(rt, y_shape):
 
 
 def test_encoder_analysis_is_the_trained_network(rt):
-    g_a = copy.deepcopy(rt.net.g_a).double()
+    g_a = copy.deepcopy(rt.g_a).double()
     fast = encoder_analysis(g_a)
     x = torch.from_numpy(np.random.default_rng(2).random((2, 1, 80, 144)))
     with torch.no_grad():

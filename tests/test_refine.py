@@ -35,7 +35,7 @@ def rd(x, buf, out, lam):
 def lambdas():
     from nncodec.weights import load
 
-    return load(None, "cpu").net.lambdas.tolist()
+    return load(None, "cpu").lambdas.tolist()
 
 
 def test_refine_zero_is_todays_codec():

@@ -27,14 +27,13 @@ Inside ``models/`` the tensor names follow CompressAI (``g_a``, ``h_s``, ``y_hat
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._compressai import GDN, EntropyBottleneck, GaussianConditional
+from . import transforms
 
 SCALES_MIN = 0.11
 SCALES_MAX = 256.0
@@ -47,14 +46,6 @@ CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 def scale_table() -> torch.Tensor:
     """The 64 log-spaced scales of the Gaussian conditional (CompressAI's default)."""
     return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
-
-
-def _conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
-
-
-def _deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
 
 
 class FieldHyperprior(nn.Module):
@@ -81,21 +72,12 @@ class FieldHyperprior(nn.Module):
     def __init__(self, N=64, M=64, Nh=48, synthesis=(48, 32, 16), lambdas=(300.0,)):
         super().__init__()
         self.config = {"N": N, "M": M, "Nh": Nh, "synthesis": list(synthesis), "lambdas": list(lambdas)}
-        s1, s2, s3 = synthesis
-        self.g_a = nn.Sequential(
-            _conv(1, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M)
-        )
-        self.g_s = nn.Sequential(
-            _deconv(M, s1), GDN(s1, inverse=True), _deconv(s1, s2), GDN(s2, inverse=True),
-            _deconv(s2, s3), GDN(s3, inverse=True), _deconv(s3, 1),
-        )
-        self.h_a = nn.Sequential(
-            _conv(M, Nh, 3, 1), nn.ReLU(inplace=True), _conv(Nh, Nh), nn.ReLU(inplace=True), _conv(Nh, Nh)
-        )
-        self.h_s = nn.Sequential(
-            _deconv(Nh, Nh), nn.ReLU(inplace=True), _deconv(Nh, Nh), nn.ReLU(inplace=True),
-            _conv(Nh, M, 3, 1), nn.ReLU(inplace=True),
-        )
+        # CompressAI's GDN: its bound on beta and gamma passes gradients (the codec's
+        # runtime builds the same stacks with its own forward-only GDN)
+        self.g_a = transforms.analysis(N, M, gdn=GDN)
+        self.g_s = transforms.synthesis(M, synthesis, gdn=GDN)
+        self.h_a = transforms.hyper_analysis(M, Nh)
+        self.h_s = transforms.hyper_synthesis(M, Nh)
         self.entropy_bottleneck = EntropyBottleneck(Nh)
         self.gaussian_conditional = GaussianConditional(None)
         n_q = len(lambdas)
@@ -130,73 +112,3 @@ class FieldHyperprior(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()
-
-
-def decoder_synthesis(g_s: nn.Sequential) -> nn.Sequential:
-    """The decoder form of a trained synthesis (format version 3's reference network):
-    the same function, computed in fewer, faster operations. Activations are kept
-    channels-last, the layout oneDNN's convolutions run fastest in; GDNs become one
-    matrix product each; the last transposed convolution (one output channel, which
-    oneDNN runs slowly) becomes a sub-pixel convolution."""
-    mods = [_FastGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_s]
-    mods[-1] = _SubpixelDeconv(g_s[-1])
-    return nn.Sequential(_ChannelsLast(), *mods).to(memory_format=torch.channels_last).eval()
-
-
-def encoder_analysis(g_a: nn.Sequential) -> nn.Sequential:
-    """The encoder's form of a trained analysis: the same function, channels-last, with
-    each GDN as one matrix product (as in :func:`decoder_synthesis`)."""
-    mods = [_FastGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in g_a]
-    return nn.Sequential(_ChannelsLast(), *mods).to(memory_format=torch.channels_last).eval()
-
-
-class _ChannelsLast(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
-
-
-class _FastGDN(nn.Module):
-    """``x / sqrt(beta + gamma @ x**2)`` over channels (``x * sqrt(...)`` when inverse),
-    with the trained GDN's reparametrised beta and gamma computed once; one matrix
-    product over the channels-last pixels."""
-
-    def __init__(self, gdn: GDN):
-        super().__init__()
-        self.inverse = gdn.inverse
-        with torch.no_grad():
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
-            self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).detach().t().contiguous())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        v = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view of channels-last activations
-        norm = torch.addmm(self.beta, v * v, self.gamma_t)
-        out = v * (norm.sqrt_() if self.inverse else norm.rsqrt_())
-        return out.view(b, h, w, c).permute(0, 3, 1, 2)
-
-
-class _SubpixelDeconv(nn.Module):
-    """A 5x5, stride-2 transposed convolution (padding 2, output padding 1) as a 3x3
-    convolution to the four output phases followed by a pixel shuffle.
-
-    Output pixel (2i + r) sums input pixels i + d, d in {-1, 0, 1}, through kernel tap
-    r + 2 - 2d (none when that is 5).
-    """
-
-    TAPS = torch.tensor([[4, 2, 0], [5, 3, 1]])  # [phase r][offset d + 1] -> kernel tap
-
-    def __init__(self, deconv: nn.ConvTranspose2d):
-        super().__init__()
-        geometry = (deconv.kernel_size, deconv.stride, deconv.padding, deconv.output_padding)
-        if geometry != ((5, 5), (2, 2), (2, 2), (1, 1)):
-            raise ValueError(f"sub-pixel form is for 5x5 stride-2 transposed convolutions, not {geometry}")
-        with torch.no_grad():
-            w = F.pad(deconv.weight, (0, 1, 0, 1))  # tap 5 reads zeros
-            t = self.TAPS
-            k = w[:, :, t[:, None, :, None], t[None, :, None, :]]  # (cin, cout, ry, rx, dy, dx)
-            cin, cout = w.shape[:2]
-            self.register_buffer("weight", k.permute(1, 2, 3, 0, 4, 5).reshape(4 * cout, cin, 3, 3).contiguous())
-            self.register_buffer("bias", deconv.bias.detach().repeat_interleave(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, padding=1), 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 
@@ -18,8 +19,7 @@ import torch
 
 from ..entropy import IntegerHyperSynthesis, Tables
 from ..format import FORMAT_VERSION
-from . import tilepool
-from .hyperprior import CDF_BUFFERS, FieldHyperprior, decoder_synthesis, encoder_analysis
+from . import tilepool, transforms
 
 
 #: Adam step size of the latent refinement, in units of the (ungained) latents y
@@ -42,32 +42,62 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _resize_buffers(module: torch.nn.Module, state: dict, prefix: str) -> None:
-    """Give the entropy models' table buffers the stored shapes before loading them."""
-    for name in CDF_BUFFERS:
-        key = f"{prefix}.{name}"
-        if key in state:
-            getattr(module, name).resize_(state[key].shape)
+def _loaded(module: torch.nn.Module, state: dict, prefix: str, device) -> torch.nn.Module:
+    """``module`` with the weights under ``prefix.`` of a state dict, for inference on ``device``."""
+    cut = len(prefix) + 1
+    module.load_state_dict({k[cut:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+    return module.eval().to(device)
 
 
 class Runtime:
-    """Network + entropy tables of one weights file on one device."""
+    """Transforms + entropy tables of one weights file on one device.
+
+    Built from the weights file's state dict with :mod:`~nncodec.models.transforms`, not
+    CompressAI: a process that only encodes and decodes never imports CompressAI. The
+    latent refinement, which needs the float entropy models, builds the training network
+    (:attr:`training_net`) on first use.
+    """
 
     def __init__(self, ref, data: dict, device: str = "auto"):
         self.ref = ref
         self.device = resolve_device(device)
-        net = FieldHyperprior(**data["config"])
-        state = data["state_dict"]
-        _resize_buffers(net.entropy_bottleneck, state, "entropy_bottleneck")
-        _resize_buffers(net.gaussian_conditional, state, "gaussian_conditional")
-        net.load_state_dict(state)
-        net.eval()
-        self.net = net.to(self.device)
+        self._data = data
+        cfg, state = data["config"], data["state_dict"]
+        self.g_a = _loaded(transforms.analysis(cfg["N"], cfg["M"]), state, "g_a", self.device)
+        self.g_s = _loaded(transforms.synthesis(cfg["M"], cfg["synthesis"]), state, "g_s", self.device)
+        self.h_a = _loaded(transforms.hyper_analysis(cfg["M"], cfg["Nh"]), state, "h_a", self.device)
         self.int_hs = IntegerHyperSynthesis.from_state(data["integer_h_s"])
-        self.tables = Tables(net.entropy_bottleneck, net.gaussian_conditional)
-        self.qualities = net.qualities
-        with torch.no_grad():
-            self.gains = torch.exp(net.log_gain).to(self.device)
+        self.tables = Tables(state)
+        self.lambdas = state["lambdas"]
+        self.qualities = len(cfg["lambdas"])
+        self.gains = torch.exp(state["log_gain"]).to(self.device)
+
+    @functools.cached_property
+    def training_net(self) -> torch.nn.Module:
+        """The whole network as trained (CompressAI's entropy models included), in eval mode."""
+        from .hyperprior import CDF_BUFFERS, FieldHyperprior
+
+        net = FieldHyperprior(**self._data["config"])
+        state = self._data["state_dict"]
+        for prefix in ("entropy_bottleneck", "gaussian_conditional"):
+            # the table buffers' shapes depend on the trained model
+            for name in CDF_BUFFERS:
+                if f"{prefix}.{name}" in state:
+                    getattr(getattr(net, prefix), name).resize_(state[f"{prefix}.{name}"].shape)
+        net.load_state_dict(state)
+        return net.eval().to(self.device)
+
+    @functools.cached_property
+    def _g_a_encoder(self) -> torch.nn.Module:
+        return transforms.encoder_analysis(self.g_a)
+
+    @functools.cached_property
+    def _g_s_decoder(self) -> torch.nn.Module:
+        return transforms.decoder_synthesis(self.g_s)
+
+    @functools.cached_property
+    def _g_s64(self) -> torch.nn.Module:
+        return copy.deepcopy(self.g_s).double()
 
     @staticmethod
     def latent_shape(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -88,7 +118,7 @@ class Runtime:
         kernels without oversubscribing the cores).
         """
         x = torch.from_numpy(x).to(self.device)
-        g_a = _cached(self.net, "_g_a_encoder", lambda: encoder_analysis(self.net.g_a))
+        g_a = self._g_a_encoder
         y = tilepool.map_tiles(g_a, x) if self.device.type == "cpu" else g_a(x)
         return y.contiguous()  # g_a's form works channels-last; the rest of the encoder in NCHW
 
@@ -102,7 +132,7 @@ class Runtime:
     def _symbols(self, y_g: torch.Tensor) -> dict:
         """Symbols and scale indexes of gained latents ``y * gain``: the one quantiser of
         the encoder, refined or not (the indexes come from the integer hyper-synthesis)."""
-        z = self.net.h_a(y_g)
+        z = self.h_a(y_g)
         med = self.tables.medians.to(z.device).view(1, -1, 1, 1)
         z_sym = torch.round(z - med)
         z_hat = (z_sym + med).cpu()
@@ -128,7 +158,7 @@ class Runtime:
         curve at level ``q``: a central difference over levels q - 1 and q + 1 of the
         unrefined latents (one-sided at the ends), kept within ``TANGENT_CLIP`` times the
         level's training lambda."""
-        lam_q = float(self.net.lambdas[q - 1])
+        lam_q = float(self.lambdas[q - 1])
         lo, hi = max(1, q - 1), min(self.qualities, q + 1)
         if lo == hi:
             return np.full(x.shape[0], lam_q, np.float32)
@@ -176,7 +206,7 @@ class Runtime:
             if lam == "tangent":
                 lam = self.tangent_lambda(x, mask, y, q)
             elif lam == "train":
-                lam = float(self.net.lambdas[q - 1])
+                lam = float(self.lambdas[q - 1])
             else:
                 raise ValueError(f"lam must be 'tangent', 'train' or numbers, got {lam!r}")
         dev = self.device
@@ -224,7 +254,7 @@ class Runtime:
         ``reproducible=False`` allows the fastest kernels, whose last bits depend on the
         thread count: for the encoder's search, never for values a decoder returns.
         ``version`` picks the reference float32 kernel of that format version: 3 runs
-        the decoder form of the network (:func:`_decoder_synthesis`), 2 the trained
+        the decoder form of the network (:func:`~nncodec.models.transforms.decoder_synthesis`), 2 the trained
         modules, both each tile alone on one thread of :mod:`~nncodec.models.tilepool`
         (oneDNN); 1 the trained modules with PyTorch's own kernels, oneDNN off (the same
         values whatever the threads, several times slower).
@@ -232,11 +262,11 @@ class Runtime:
         gain = self.gains[q - 1].view(1, -1, 1, 1)
         y_hat = torch.from_numpy(y_sym).to(self.device, torch.float32) / gain
         if dtype == torch.float64:
-            g_s, y_hat = _double_synthesis(self.net), y_hat.double()
+            g_s, y_hat = self._g_s64, y_hat.double()
         elif version >= 3 or not reproducible:
-            g_s = _decoder_synthesis(self.net)
+            g_s = self._g_s_decoder
         else:
-            g_s = self.net.g_s
+            g_s = self.g_s
         if self.device.type == "cpu" and dtype == torch.float32 and (version >= 2 or not reproducible):
             # also the encoder's search: the fast kernels, in the memory of one tile per thread
             return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
@@ -297,7 +327,7 @@ class _RDProxy:
 
     def __init__(self, rt: Runtime, x: np.ndarray, mask: np.ndarray | None):
         dev = rt.device
-        self.net, self.gains = rt.net, rt.gains
+        self.net, self.gains = rt.training_net, rt.gains
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
         self.m = (torch.ones_like(self.x) if mask is None
                   else torch.from_numpy(np.ascontiguousarray(mask)).to(dev, torch.float32))
@@ -327,21 +357,3 @@ def _reproducible_kernels():
             enabled=True, benchmark=False, deterministic=True, allow_tf32=False
         ):
             yield
-
-
-def _double_synthesis(net: FieldHyperprior) -> torch.nn.Module:
-    return _cached(net, "_g_s64", lambda: copy.deepcopy(net.g_s).double())
-
-
-def _decoder_synthesis(net: FieldHyperprior) -> torch.nn.Module:
-    return _cached(net, "_g_s_decoder", lambda: decoder_synthesis(net.g_s))
-
-
-def _cached(net: FieldHyperprior, name: str, make) -> torch.nn.Module:
-    """A derived, inference-only form of one of the network's transforms, made once per
-    network (kept outside the module tree, so it never enters a state dict)."""
-    cached = getattr(net, name, None)
-    if cached is None:
-        cached = make()
-        object.__setattr__(net, name, cached)
-    return cached
