@@ -143,6 +143,19 @@ def test_entry_point_in_fresh_process():
     assert out.stdout.split() == ["nncodec.codec", "2"]
 
 
+def test_coding_never_imports_compressai():
+    """Encoding and decoding, learned and error-bounded, run without CompressAI (which
+    costs a worker about 4 s and 300 MB to import); only training and refinement need it."""
+    code = (
+        "import sys, numpy as np; from nncodec import NNCodec; "
+        "x = np.add.outer(np.sin(np.arange(60) / 9), np.cos(np.arange(70) / 7)).astype(np.float32); "
+        "[c.decode(c.encode(x)) for c in (NNCodec(quality=2), NNCodec(abs_error=1e-3))]; "
+        "print(sorted(m for m in ('compressai', 'torchvision', 'torch_geometric') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == ["[]"]
+
+
 @pytest.mark.parametrize(
     "arr, match",
     [
