@@ -132,7 +132,9 @@ class Runtime:
     def _symbols(self, y_g: torch.Tensor) -> dict:
         """Symbols and scale indexes of gained latents ``y * gain``: the one quantiser of
         the encoder, refined or not (the indexes come from the integer hyper-synthesis)."""
-        z = self.h_a(y_g)
+        # on CPU one tile per pool thread, as in analyse: oneDNN's results for a batch
+        # depend on its size, and z would then depend on how many tiles share the chunk
+        z = tilepool.map_tiles(self.h_a, y_g) if self.device.type == "cpu" else self.h_a(y_g)
         med = self.tables.medians.to(z.device).view(1, -1, 1, 1)
         z_sym = torch.round(z - med)
         z_hat = (z_sym + med).cpu()
