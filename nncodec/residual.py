@@ -431,13 +431,17 @@ def _emit_pass(values, ctx, start, bits, escape, offsets, symbols, indexes, n):
     for i in range(values.size):
         inverse[i] = rank[ctx[i]]
         spread[inverse[i]] += abs(values[i])
-    counts = seen[present]
-    spread /= counts
+    counts = np.empty(n_present, dtype=np.int64)
+    widest_spread = 0.0
+    for o in range(n_present):
+        counts[o] = seen[present[o]]
+        spread[o] /= counts[o]
+        widest_spread = max(widest_spread, spread[o])
     widest = 2.0 ** ((N_LAPLACE - 17) / 4)
     costs = np.full((n_present, N_VIRTUAL), np.inf)
     for shift in range(MAX_SHIFT + 1):
         # a shift pays only for spreads near or beyond the widest table (mean |r| = b)
-        if shift and spread.max() < widest * 2.0 ** (shift - 2):
+        if shift and widest_spread < widest * 2.0 ** (shift - 2):
             break
         first = 0 if shift == 0 else N_LAPLACE - 4
         sums = np.zeros((n_present, N_LAPLACE - first))
@@ -447,7 +451,10 @@ def _emit_pass(values, ctx, start, bits, escape, offsets, symbols, indexes, n):
                 costs[o, first + 4 * shift + j] = sums[o, j] + shift * counts[o]
     virtual = np.empty(n_present, dtype=np.int64)
     for o in range(n_present):
-        virtual[o] = np.argmin(costs[o])
+        virtual[o] = 0  # the cheapest, the first of equals (as argmin)
+        for j in range(1, N_VIRTUAL):
+            if costs[o, j] < costs[o, virtual[o]]:
+                virtual[o] = j
         expected = start if o == 0 else virtual[o - 1] + SIDE_SLOPE * (present[o] - present[o - 1])
         symbols[n], indexes[n] = virtual[o] - expected, SIDE_TABLE
         n += 1
