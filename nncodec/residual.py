@@ -570,7 +570,7 @@ def _join_pieces(symbols, shifts):
     n = shifts.size
     for first in range(0, MAX_SHIFT, RAW_BITS):
         for i in range(shifts.size):
-            if shifts[i] > first:
+            if _piece_width(shifts[i], first) > 0:
                 values[i] += symbols[n] * (1 << first)
                 n += 1
     return values

@@ -256,8 +256,8 @@ class Runtime:
         ``reproducible=False`` allows the fastest kernels, whose last bits depend on the
         thread count: for the encoder's search, never for values a decoder returns.
         ``version`` picks the reference float32 kernel of that format version: 3 runs
-        the decoder form of the network (:func:`~nncodec.models.transforms.decoder_synthesis`), 2 the trained
-        modules, both each tile alone on one thread of :mod:`~nncodec.models.tilepool`
+        the decoder form of the network (:func:`.transforms.decoder_synthesis`), 2 the
+        trained modules, both each tile alone on one thread of :mod:`~nncodec.models.tilepool`
         (oneDNN); 1 the trained modules with PyTorch's own kernels, oneDNN off (the same
         values whatever the threads, several times slower).
         """
