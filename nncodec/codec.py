@@ -436,11 +436,9 @@ def _residual_bits(t, slices, fin, pred, step, tables):
 
 def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
     """Final prediction (float64 synthesis), residual symbols, and exact exceptions."""
-    import torch
-
     v = slices[t.slice, t.rows, t.cols]
     finite = _tile_mask(t, fin)
-    pred = _prediction(t, rt, torch.float64)
+    pred = _prediction(t, rt)
     code, _ = _residual_bits(t, slices, fin, pred, step, rt.tables)
     if code is None:
         t.kind, t.residual, t.raw = RAW, None, v
@@ -453,10 +451,14 @@ def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
     t.exceptions = (bad, v.reshape(-1)[bad])
 
 
-def _prediction(t: _Tile, rt, dtype) -> np.ndarray:
+def _prediction(t: _Tile, rt) -> np.ndarray:
+    """What a residual tile's ``k`` is added to: its offset, or the network's float64
+    synthesis (torch is imported only then: residual-only chunks decode without it)."""
     if t.kind == RESIDUAL:
         return np.full(t.shape, float(t.offset))
-    xn = rt.synthesise(t.y[None], t.quality, t.shape, dtype=dtype)[0]
+    import torch
+
+    xn = rt.synthesise(t.y[None], t.quality, t.shape, dtype=torch.float64)[0]
     return xn.astype(np.float64) * float(t.scale) + float(t.offset)
 
 
@@ -565,9 +567,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
         elif t.kind == RAW:
             target[...] = t.raw
         elif t.residual is not None:
-            import torch
-
-            pred = _prediction(t, rt, torch.float64)
+            pred = _prediction(t, rt)
             flat = reconstruct(pred, t.residual.k, header.step, dtype).reshape(-1)
             pos, vals = t.exceptions
             if len(pos) and pos.max() >= flat.size:

@@ -230,6 +230,12 @@ def test_residual_only_chunks_decode_without_the_weights(tmp_path, ts_field):
     mine.unlink()
     out = NNCodec().decode(buf)
     assert np.abs(out.astype(np.float64) - ts_field).max() <= bound
+    # nor torch: a fresh process decodes it without importing it
+    chunk = tmp_path / "chunk.bin"
+    chunk.write_bytes(buf)
+    code = ("import sys; from nncodec import NNCodec; "
+            f"NNCodec().decode(open({str(chunk)!r}, 'rb').read()); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"]
     # network tiles (learned mode) do need the weights
     torch.save(state, mine)
     buf = NNCodec(model=str(mine)).encode(ts_field)

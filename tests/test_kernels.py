@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nncodec.entropy import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
+from nncodec.hypersynthesis import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
 from nncodec.models.transforms import decoder_synthesis, encoder_analysis
 from nncodec.weights import load
 

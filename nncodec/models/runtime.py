@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 import torch
 
-from ..entropy import IntegerHyperSynthesis, Tables
+from ..entropy import Tables
+from ..hypersynthesis import IntegerHyperSynthesis
 from ..format import FORMAT_VERSION
 from . import tilepool, transforms
 

@@ -23,7 +23,7 @@ def export_weights(checkpoint: os.PathLike, out: os.PathLike, model_id: str, car
     """
     import torch
 
-    from ..entropy import IntegerHyperSynthesis
+    from ..hypersynthesis import IntegerHyperSynthesis
     from ..models.hyperprior import FieldHyperprior, scale_table
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
