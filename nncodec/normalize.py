@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ._jit import kernel
+
 DEFAULT_TILE = 256
 
 
@@ -60,43 +62,68 @@ def tile_offset_scale(values: np.ndarray, finite: np.ndarray) -> tuple[np.float3
 
 
 def fill_nonfinite(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Fill non-finite pixels of a 2D array from a pyramid of local means.
+    """Fill non-finite pixels of a 2D array from a pyramid of local means (float32 out).
 
-    Coarse levels average the finite pixels of 2x2 blocks until every block holds one;
-    each gap then takes the value of the finest level that covers it. Smooth fills cost
-    the network few bits at coastlines; the filled pixels are restored exactly later.
+    Coarse levels sum the finite pixels of 2x2 blocks (zero-padded to even sizes), until
+    every block holds one; each gap then takes the mean of the finest level whose block
+    covering it holds a finite pixel. Smooth fills cost the network few bits at
+    coastlines; the filled pixels are restored exactly later.
     """
-    out = np.where(finite, x, 0.0).astype(np.float32)
+    finite = np.ascontiguousarray(finite, dtype=np.bool_)
     if finite.all():
-        return out
+        return x.astype(np.float32)
     if not finite.any():
-        return np.zeros_like(out)
-    levels = []
-    val, wt = out.astype(np.float64), finite.astype(np.float64)
+        return np.zeros(x.shape, dtype=np.float32)
+    return _fill_pyramid(np.ascontiguousarray(x), finite)
+
+
+@kernel
+def _fill_pyramid(x, finite):
+    """:func:`fill_nonfinite` for a tile with finite and non-finite pixels. Each block
+    sums its rows first, ``(a + b) + (c + d)``, as numpy's ``sum(axis=(1, 3))`` does."""
+    h, w = x.shape
+    out = np.empty((h, w), dtype=np.float32)
+    for i in range(h):
+        for j in range(w):
+            out[i, j] = np.float32(x[i, j]) if finite[i, j] else np.float32(0.0)
+    sums, weights = [out.astype(np.float64)], [finite.astype(np.float64)]
     while True:
-        h, w = val.shape
-        if h == 1 and w == 1:
+        v, wt = sums[-1], weights[-1]
+        hh, ww = v.shape
+        if hh == 1 and ww == 1:
             break
-        ph, pw = h % 2, w % 2
-        if ph or pw:
-            val = np.pad(val, ((0, ph), (0, pw)))
-            wt = np.pad(wt, ((0, ph), (0, pw)))
-        vs = val.reshape(val.shape[0] // 2, 2, val.shape[1] // 2, 2).sum(axis=(1, 3))
-        ws = wt.reshape(wt.shape[0] // 2, 2, wt.shape[1] // 2, 2).sum(axis=(1, 3))
-        levels.append((vs, ws))
-        val, wt = vs, ws
-        if (ws > 0).all():
+        vs, ws = np.zeros(((hh + 1) // 2, (ww + 1) // 2)), np.zeros(((hh + 1) // 2, (ww + 1) // 2))
+        covered = True
+        for i in range(vs.shape[0]):
+            for j in range(vs.shape[1]):
+                for level, dst in ((v, vs), (wt, ws)):
+                    a = level[2 * i, 2 * j]
+                    b = level[2 * i, 2 * j + 1] if 2 * j + 1 < ww else 0.0
+                    c = level[2 * i + 1, 2 * j] if 2 * i + 1 < hh else 0.0
+                    d = level[2 * i + 1, 2 * j + 1] if 2 * i + 1 < hh and 2 * j + 1 < ww else 0.0
+                    dst[i, j] = (a + b) + (c + d)
+                covered = covered and ws[i, j] > 0
+        sums.append(vs)
+        weights.append(ws)
+        if covered:
             break
-    # walk back up: each level's mean, holes filled from the coarser level
-    mean = None
-    for vs, ws in reversed(levels):
-        m = np.where(ws > 0, vs / np.maximum(ws, 1e-300), 0.0)
-        if mean is not None:
-            up = np.repeat(np.repeat(mean, 2, axis=0), 2, axis=1)[: m.shape[0], : m.shape[1]]
-            m = np.where(ws > 0, m, up)
+    # back down: each level's block means, blocks without a finite pixel from the coarser level
+    mean = np.zeros((1, 1))
+    for n in range(len(sums) - 1, 0, -1):
+        vs, ws = sums[n], weights[n]
+        m = np.empty(vs.shape)
+        for i in range(vs.shape[0]):
+            for j in range(vs.shape[1]):
+                if ws[i, j] > 0:
+                    m[i, j] = vs[i, j] / max(ws[i, j], 1e-300)
+                else:
+                    m[i, j] = mean[i // 2, j // 2] if n < len(sums) - 1 else 0.0
         mean = m
-    up = np.repeat(np.repeat(mean, 2, axis=0), 2, axis=1)[: out.shape[0], : out.shape[1]]
-    return np.where(finite, out, up).astype(np.float32)
+    for i in range(h):
+        for j in range(w):
+            if not finite[i, j]:
+                out[i, j] = np.float32(mean[i // 2, j // 2])
+    return out
 
 
 def normalise_tile(x: np.ndarray, finite: np.ndarray, offset, scale) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""The decoder's fast paths compute what their plain definitions do: the integer
-hyper-synthesis with float32 convolutions gives the float64 integers, the logarithmic
-bucketing gives searchsorted's indexes, and the decoder form of the synthesis (format
-version 3's kernel) and the encoder's form of the analysis are the trained networks."""
+"""The codec's fast paths compute what their plain definitions do: the integer
+hyper-synthesis with float32 convolutions gives the float64 integers, the scale-table
+search gives searchsorted's indexes, the decoder form of the synthesis (format version 3's
+kernel) and the encoder's form of the analysis are the trained networks, and the compiled
+gap filling is the numpy pyramid."""
 
 import copy
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from nncodec.hypersynthesis import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
 from nncodec.models.transforms import decoder_synthesis, encoder_analysis
+from nncodec.normalize import fill_nonfinite
 from nncodec.weights import load
 
 from conftest import load_field
@@ -154,3 +156,42 @@ def test_integer_hyper_synthesis_refuses_non_finite_or_huge_input(rt, bad):
     z_hat[0, 0, 0, 0] = bad
     with pytest.raises(OverflowError, match="exact range"):
         rt.int_hs.indexes(z_hat, y_shape)
+
+
+def _reference_fill(x, finite):
+    """fill_nonfinite as defined: 2x2 block sums (numpy's sum over the block axes) of the
+    zero-padded finite values and weights until every block holds a finite pixel, then
+    block means back down, each gap from the finest level that covers it."""
+    out = np.where(finite, x, 0.0).astype(np.float32)
+    if finite.all() or not finite.any():
+        return out
+    levels, val, wt = [], out.astype(np.float64), finite.astype(np.float64)
+    while val.shape != (1, 1):
+        val = np.pad(val, ((0, val.shape[0] % 2), (0, val.shape[1] % 2)))
+        wt = np.pad(wt, ((0, wt.shape[0] % 2), (0, wt.shape[1] % 2)))
+        val = val.reshape(val.shape[0] // 2, 2, val.shape[1] // 2, 2).sum(axis=(1, 3))
+        wt = wt.reshape(wt.shape[0] // 2, 2, wt.shape[1] // 2, 2).sum(axis=(1, 3))
+        levels.append((val, wt))
+        if (wt > 0).all():
+            break
+    mean = None
+    for vs, ws in reversed(levels):
+        m = np.where(ws > 0, vs / np.maximum(ws, 1e-300), 0.0)
+        if mean is not None:
+            m = np.where(ws > 0, m, np.repeat(np.repeat(mean, 2, 0), 2, 1)[: m.shape[0], : m.shape[1]])
+        mean = m
+    return np.where(finite, out, np.repeat(np.repeat(mean, 2, 0), 2, 1)[: out.shape[0], : out.shape[1]]).astype(np.float32)
+
+
+def test_gap_filling_kernel_matches_its_definition():
+    """Bit for bit, on random masks over values of mixed magnitudes (where the order of a
+    block's sum shows), float64 and float32 input, no gaps and no finite pixel."""
+    rng = np.random.default_rng(4)
+    for trial in range(600):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        x = rng.random((h, w)) * 10.0 ** rng.integers(-30, 30, (h, w)) if trial % 2 else rng.random((h, w))
+        x = x.astype(np.float32) if trial % 5 == 0 else x
+        finite = rng.random((h, w)) > rng.uniform(0, 1) if trial % 7 else np.full((h, w), trial % 14 == 0)
+        got = fill_nonfinite(x, finite)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.view(np.uint32), _reference_fill(x, finite).view(np.uint32))
