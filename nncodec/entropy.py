@@ -27,7 +27,6 @@ class Tables:
             for model in ("entropy_bottleneck", "gaussian_conditional")
         )
         self.medians = state["entropy_bottleneck.quantiles"][:, 0, 1].detach().clone()
-        self.levels = len(self.y)
         self._costs = {}
 
     @property
@@ -58,9 +57,7 @@ class Tables:
         """Estimated coded size in bits of each symbol under its table index (flat float64)."""
         bits, escape, offsets = self.costs(which)
         sym = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
-        idx = np.ascontiguousarray(np.broadcast_to(indexes, np.shape(symbols)), dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(escape)):
-            raise ValueError("entropy table index out of range")
+        idx = getattr(self, which).check(np.broadcast_to(indexes, np.shape(symbols)))
         out = np.empty(sym.size)
         price_symbols(sym, idx, bits, escape, offsets, out)
         return out
