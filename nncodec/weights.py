@@ -39,7 +39,6 @@ CODES = {code: model_id for model_id, (code, _) in REGISTRY.items()}
 USER_WEIGHTS_CODE = 0
 
 
-@functools.lru_cache(maxsize=1)
 def _shipped_dir() -> Path:
     return Path(str(resources.files("nncodec") / "models" / "weights"))
 
