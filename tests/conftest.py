@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,18 @@ def load_field(file: str, var: str) -> np.ndarray:
     if not path.exists():
         pytest.fail(f"test data {path} is missing: the tests need ../shared/data beside the repo")
     return np.load(path)[var]
+
+
+@pytest.fixture(scope="session")
+def compressai():
+    """nncodec's CompressAI pieces, which training and refinement need (the ``train``
+    extra). Tests that use them skip where CompressAI is not installed (CI's numpy-2 job,
+    which checks that everything else works without it); installed but broken is an error."""
+    if importlib.util.find_spec("compressai") is None:
+        pytest.skip("needs CompressAI: pip install 'nncodec[train]'")
+    from nncodec import _compressai
+
+    return _compressai
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """The model-side subcommands: models, train (with export) and bench, through main()."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -23,7 +25,7 @@ def test_models_json(capsys):
         assert v2[q]["bpv"] < v1[q]["bpv"] and v2[q]["psnr"] > v1[q]["psnr"] - 0.1
 
 
-def test_train_exports_usable_weights(tmp_path, capsys):
+def test_train_exports_usable_weights(tmp_path, capsys, compressai):
     data = tmp_path / "tas.npz"
     np.savez(data, tas=load_field("iris_hadcm3_north_america_tas_A1B.npz", "tas_A1B")[:30])
     out = tmp_path / "run"
@@ -33,6 +35,24 @@ def test_train_exports_usable_weights(tmp_path, capsys):
     assert "NNCodec(model=" in capsys.readouterr().out
     card = json.loads((out / "mine.json").read_text())
     assert card["training"]["steps_done"] == 6 and set(card["validation"]) == {"q1", "q2"}
+
+
+def test_without_compressai_training_and_refinement_name_the_extra(tmp_path):
+    """Without the train extra (CompressAI), ``nncodec train`` and ``refine=`` stop with the
+    command that installs it, before reading any data; plain coding works as before."""
+    code = (
+        "import sys; sys.modules['compressai'] = None\n"  # makes `import compressai` fail, as if not installed
+        "import numpy as np; from nncodec import NNCodec; from nncodec.cli import main\n"
+        "x = np.add.outer(np.sin(np.arange(40) / 9), np.cos(np.arange(50) / 7)).astype(np.float32)\n"
+        "assert np.abs(NNCodec(quality=2).decode(NNCodec(quality=2).encode(x)) - x).mean() < 0.05\n"
+        "try:\n    NNCodec(quality=2, refine=2).encode(x)\nexcept ImportError as e:\n    print('refine:', e)\n"
+        f"sys.exit(main(['train', {str(tmp_path / 'absent.npz')!r}, '--out', {str(tmp_path / 'run')!r}]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    fix = "pip install 'nncodec[train]'"
+    assert out.stdout.startswith("refine: ") and fix in out.stdout
+    assert out.stderr.startswith("nncodec train: error: ") and fix in out.stderr
 
 
 def test_bench_one_baseline(tmp_path):

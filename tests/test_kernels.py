@@ -112,7 +112,7 @@ def test_bucketing_matches_searchsorted_at_and_around_every_threshold(rt):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_runtime_transforms_compute_the_training_networks_bits(rt, dtype):
+def test_runtime_transforms_compute_the_training_networks_bits(rt, dtype, compressai):
     """The runtime's CompressAI-free transforms (own GDN) give CompressAI's GDN's results
     bit for bit, in float32 (format v1/v2 decoding) and float64 (the error-bound layer)."""
     net = rt.training_net

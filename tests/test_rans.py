@@ -4,7 +4,6 @@ versions 1-3, on the shipped model's tables and the residual tables."""
 import numpy as np
 import pytest
 
-from nncodec._compressai import BufferedRansEncoder, RansDecoder
 from nncodec.entropy import _residual_coder_tables
 from nncodec.rans import CoderTables, Decoder, Encoder
 from nncodec.residual import residual_tables
@@ -38,9 +37,9 @@ def _groups(table_sets, seed, n_groups=4):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_same_bytes_as_compressai_both_ways(table_sets, seed):
+def test_same_bytes_as_compressai_both_ways(table_sets, seed, compressai):
     groups = _groups(table_sets, seed)
-    theirs, ours = BufferedRansEncoder(), Encoder()
+    theirs, ours = compressai.BufferedRansEncoder(), Encoder()
     for name, symbols, indexes in groups:
         (cdfs, lengths, offsets), packed = table_sets[name]
         theirs.encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, lengths, offsets)
@@ -48,7 +47,7 @@ def test_same_bytes_as_compressai_both_ways(table_sets, seed):
     data = ours.finish()
     assert data == theirs.flush()
     # and CompressAI's decoder reads our bytes, ours reads them too
-    reader, dec = RansDecoder(), Decoder(data)
+    reader, dec = compressai.RansDecoder(), Decoder(data)
     reader.set_stream(data)
     for name, symbols, indexes in groups:
         (cdfs, lengths, offsets), packed = table_sets[name]
@@ -56,9 +55,10 @@ def test_same_bytes_as_compressai_both_ways(table_sets, seed):
         assert np.array_equal(dec.decode(indexes, packed), symbols)
 
 
-def test_every_symbol_of_a_table_and_its_neighbours(table_sets):
-    """Each in-range value, the escape boundary on both sides, and values far outside."""
-    (cdfs, lengths, offsets), packed = table_sets["r"]
+def _every_symbol(table_sets):
+    """Per residual table each in-range value, the escape boundary on both sides, and
+    values far outside: (symbols, indexes, bytes)."""
+    (_, lengths, offsets), packed = table_sets["r"]
     symbols, indexes = [], []
     for i, (n, off) in enumerate(zip(lengths, offsets)):
         values = list(range(off - 20, off + n + 20)) + [off - 2**20, off + n + 2**24]
@@ -67,11 +67,20 @@ def test_every_symbol_of_a_table_and_its_neighbours(table_sets):
     symbols, indexes = np.array(symbols, np.int32), np.array(indexes, np.int32)
     enc = Encoder()
     enc.add(symbols, indexes, packed)
-    data = enc.finish()
-    ref = BufferedRansEncoder()
+    return symbols, indexes, enc.finish()
+
+
+def test_every_symbol_of_a_table_and_its_neighbours_round_trips(table_sets):
+    symbols, indexes, data = _every_symbol(table_sets)
+    assert np.array_equal(Decoder(data).decode(indexes, table_sets["r"][1]), symbols)
+
+
+def test_every_symbol_of_a_table_and_its_neighbours_as_compressai(table_sets, compressai):
+    symbols, indexes, data = _every_symbol(table_sets)
+    (cdfs, lengths, offsets), _ = table_sets["r"]
+    ref = compressai.BufferedRansEncoder()
     ref.encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, lengths, offsets)
     assert data == ref.flush()
-    assert np.array_equal(Decoder(data).decode(indexes, packed), symbols)
 
 
 def test_an_empty_stream_round_trips():

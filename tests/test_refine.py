@@ -13,6 +13,9 @@ from nncodec import NNCodec, format as fmt
 
 from conftest import load_field
 
+# training and refinement build on CompressAI (the train extra)
+pytestmark = pytest.mark.usefixtures("compressai")
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

@@ -14,6 +14,9 @@ from nncodec.train.loop import slim_checkpoint
 
 from conftest import load_field
 
+# training and refinement build on CompressAI (the train extra)
+pytestmark = pytest.mark.usefixtures("compressai")
+
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
