@@ -18,6 +18,14 @@ def load_field(file: str, var: str) -> np.ndarray:
     return np.load(path)[var]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that use the ``compressai`` fixture get the ``train`` marker, so that ``-m train``
+    selects them (tests/compat/numpy2.sh runs them again once CompressAI is installed)."""
+    for item in items:
+        if "compressai" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.train)
+
+
 @pytest.fixture(scope="session")
 def compressai():
     """nncodec's CompressAI pieces, which training and refinement need (the ``train``
