@@ -223,12 +223,22 @@ class NNCodec(Codec):
             max_abs = float(np.abs(finite_vals).max()) if finite_vals.size else 0.0
             max_scale = max([float(t.scale) for t in net_tiles], default=0.0)
             step = quantisation_step(bound, data.dtype, max_abs, max_scale, uses_network=bool(net_tiles))
-        if rt is not None:
-            _encode_network(rt, net_tiles, slices, fin, quality, bound, step, data.dtype, self.refine)
-        if bound is not None:
-            for t in tiles:
-                if t.kind in (NETWORK, RESIDUAL):
-                    _finish_residual(t, slices, fin, step, data.dtype, rt)
+
+        def code():
+            if rt is not None:
+                _encode_network(rt, net_tiles, slices, fin, quality, bound, step, data.dtype, self.refine)
+            if bound is not None:
+                for t in tiles:
+                    if t.kind in (NETWORK, RESIDUAL):
+                        _finish_residual(t, slices, fin, step, data.dtype, rt)
+
+        if rt is not None and rt.device.type == "cpu" and len(tiles) == 1:
+            # one tile: its whole coding on one tile-pool thread, one hand-over
+            from .models import tilepool
+
+            tilepool.run(code)
+        else:
+            code()
         header = fmt.Header(
             version=fmt.FORMAT_VERSION, dtype=data.dtype, shape=data.shape, fortran_order=fortran,
             has_nonfinite=has_nonfinite, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
@@ -552,12 +562,31 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     if header.has_nonfinite:
         finite, values = decode_mask(r, shape, dtype)
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
-    rt = None
+    # the weights only where a tile uses the network: residual-only chunks decode without them
+    rt = _decoder_runtime(header, device, model) if any(t.kind == NETWORK for t in coded) else None
+    args = (header, tiles, coded, slices, finite, bytes(r.rest()), rt)
+    if rt is not None and rt.device.type == "cpu" and len(coded) == 1:
+        # one network tile: the whole rest on one tile-pool thread, one hand-over
+        from .models import tilepool
+
+        tilepool.run(_reconstruct, *args)
+    else:
+        _reconstruct(*args)
+    out = slices.reshape(shape)
+    if finite is not None:
+        out[~finite] = values
+    if header.fortran_order:
+        out = np.asfortranarray(out)
+    return out
+
+
+def _reconstruct(header, tiles, coded, slices, finite, stream: bytes, rt) -> None:
+    """Decode the range-coded stream of the ``coded`` tiles and write every tile's values
+    into ``slices``."""
+    dtype = header.dtype
     if coded:
-        # the weights only where a tile uses the network: residual-only chunks decode without them
-        rt = _decoder_runtime(header, device, model) if any(t.kind == NETWORK for t in coded) else None
         tile_finite = finite.reshape(slices.shape) if finite is not None else None
-        _decode_stream(rt, coded, bytes(r.rest()), tile_finite)
+        _decode_stream(rt, coded, stream, tile_finite)
     for t in tiles:
         target = slices[t.slice, t.rows, t.cols]
         if t.kind == EMPTY:
@@ -576,12 +605,6 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
             target[...] = flat.reshape(t.shape)
     _synthesise_plain(rt, [t for t in coded if t.kind == NETWORK and t.residual is None], slices, dtype,
                       header.version)
-    out = slices.reshape(shape)
-    if finite is not None:
-        out[~finite] = values
-    if header.fortran_order:
-        out = np.asfortranarray(out)
-    return out
 
 
 def _decoder_runtime(header, device, model):

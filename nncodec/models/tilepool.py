@@ -23,6 +23,7 @@ import torch
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
+_here = threading.local()  # ``inside`` is set in the pool's own threads
 
 
 def _start(n: int) -> ThreadPoolExecutor:
@@ -31,6 +32,7 @@ def _start(n: int) -> ThreadPoolExecutor:
 
     def single_threaded():
         torch.set_num_threads(1)
+        _here.inside = True
         counts.append(torch.get_num_threads())
 
     pool = ThreadPoolExecutor(n, thread_name_prefix="nncodec-tile", initializer=single_threaded)
@@ -54,15 +56,32 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def run(func, *args):
+    """``func(*args)`` on one of the pool's threads (where :func:`map_tiles` runs its
+    tiles in order, on that thread), waiting for it.
+
+    For work around a single tile (a small chunk's whole decode): the caller hands over
+    once, and the single-threaded pool thread runs the rest, the network included. Many
+    callers at once (zarr decoding chunks concurrently, Dask threads) then share the
+    pool's threads instead of each starting a team of OpenMP threads of its own.
+    """
+    if getattr(_here, "inside", False):
+        return func(*args)
+    return pool().submit(func, *args).result()
+
+
 def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """``module`` applied to each tile of ``batch`` (B, C, h, w) alone, on one thread each.
 
     Runs in inference mode (no autograd), which is a per-thread setting, so each pool
-    thread enters it itself.
+    thread enters it itself. Called from a pool thread (:func:`run`), the tiles run there,
+    one after another: the same kernels on the same single thread, so the same values.
     """
 
     def one(i: int) -> torch.Tensor:
         with torch.inference_mode():
             return module(batch[i : i + 1])
 
+    if getattr(_here, "inside", False):
+        return torch.cat([one(i) for i in range(batch.shape[0])])
     return torch.cat(list(pool().map(one, range(batch.shape[0]))))
