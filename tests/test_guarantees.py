@@ -3,6 +3,7 @@ identically whatever the thread count or batch size."""
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -149,3 +150,21 @@ def test_decode_identical_across_threads_and_batches(tmp_path, kwargs):
     _run(1, one_tile, "decode", base, repr(kwargs))
     _run(2, 8 * one_tile, "decode", base, repr(kwargs))
     np.testing.assert_array_equal(np.load(base + ".out1.npy"), np.load(base + ".out2.npy"))
+
+
+@pytest.mark.parametrize("kwargs", [{"quality": 3}, {"abs_error": 0.05}])
+def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
+    """A one-tile chunk is coded whole on a tile-pool thread. From several threads at once
+    (as zarr codes chunks) it gives the bytes and values of one chunk at a time, and in
+    learned mode its tile decodes to the values the same tile has inside a larger chunk
+    (whose tiles the pool runs side by side)."""
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts")[12, :3].astype(np.float32)
+    codec = NNCodec(**kwargs)
+    serial = [codec.encode(s) for s in ts]
+    values = [codec.decode(b) for b in serial]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(codec.encode, list(ts) * 2)) == serial * 2
+        for got, want in zip(pool.map(codec.decode, serial * 2), values * 2):
+            np.testing.assert_array_equal(got, want)
+    if "quality" in kwargs:
+        np.testing.assert_array_equal(codec.decode(codec.encode(ts)), np.stack(values))
