@@ -127,6 +127,43 @@ def network_macs(codec: NNCodec, edge: int = 256) -> dict:
     return out
 
 
+#: inner synthesis widths timed by :func:`synthesis_widths`: the shipped model's, then lighter ones
+WIDTHS = [(48, 32, 16), (40, 24, 12), (32, 16, 8), (16, 8, 4)]
+
+
+def synthesis_widths(latent=(5, 9), repeats=300) -> list[dict]:
+    """Time of the decoder-form synthesis on one small tile (73 x 144 values have 5 x 9
+    latents) for several inner widths, single-threaded on the tile pool as the codec runs
+    it: how much a lighter synthesis would save there. Untrained weights (timing only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nncodec.models import tilepool, transforms
+    from nncodec.weights import load
+
+    m = load(None).g_s[0].in_channels
+    y = torch.randn(1, m, *latent)
+    rows = []
+    for widths in WIDTHS:
+        g_s = transforms.decoder_synthesis(transforms.synthesis(m, widths))
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            g_s(y)
+
+        def best():
+            with torch.inference_mode():
+                for _ in range(20):
+                    g_s(y)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    g_s(y)
+                    times.append(time.perf_counter() - t0)
+            return min(times)
+
+        rows.append({"widths": list(widths), "macs": counter.get_total_flops() / 2, "ms": 1e3 * tilepool.run(best)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -145,6 +182,7 @@ def main() -> None:
                 "decode": stage_profile(lambda: codec.decode(buf))}
     macs = network_macs(codec)
     result["stacked"] = stacked_chunks(args.data)
+    result["synthesis_widths"] = synthesis_widths()
     result["profile"] = {"chunk": "1024 x 1024 relief, quality=4", "threads": torch.get_num_threads(),
                          **profiles, "macs_per_value": macs}
     (args.docs / "results").mkdir(parents=True, exist_ok=True)
@@ -196,6 +234,18 @@ def main() -> None:
     lines.append(f"| total | {profiles['encode']['total']:.3f} | | {profiles['decode']['total']:.3f} | |")
     lines += ["", "Network multiply-adds per value (one 256 x 256 tile): "
               + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()) + "."]
+    base = result["synthesis_widths"][0]
+    lines += [
+        "", "## Would a lighter synthesis speed up small chunks?", "",
+        "The synthesis (decoder form) on one 73 x 144 tile (5 x 9 latents), one thread, fastest "
+        f"of 300, for the shipped inner widths {tuple(base['widths'])} and lighter ones (untrained "
+        "weights: the time does not depend on them):", "",
+        "| inner widths | multiply-adds | share | ms | share |", "|---|---|---|---|---|",
+        *[f"| {tuple(r['widths'])} | {r['macs'] / 1e6:.1f} M | {r['macs'] / base['macs']:.0%} | "
+          f"{r['ms']:.3f} | {r['ms'] / base['ms']:.0%} |" for r in result["synthesis_widths"]],
+        "", "At this size the time follows the number of layers more than their work: each "
+        "convolution has a fixed cost that a narrower layer does not remove.",
+    ]
     text = "\n".join(lines) + "\n"
     (args.docs / "speed.md").write_text(text)
     print(text)
