@@ -17,7 +17,7 @@ try:
         from compressai.ans import BufferedRansEncoder, RansDecoder
         from compressai.entropy_models import EntropyBottleneck, GaussianConditional
         from compressai.layers import GDN
-except ImportError as e:  # missing, or built for numpy 1 and imported under numpy 2
+except ImportError as e:  # not installed, or installed without what it imports
     raise ImportError(
         f"training and latent refinement (refine=) need CompressAI, which could not be imported ({e}); "
         "install nncodec's train extra: pip install 'nncodec[train]' (it holds numpy below 2, as "

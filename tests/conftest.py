@@ -1,8 +1,7 @@
 """Shared test fixtures: real fields from ../shared/data (present in CI beside the repo)."""
 
-from pathlib import Path
-
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
