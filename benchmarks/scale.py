@@ -24,6 +24,7 @@ Results go to OUTPUT.md (default docs/scale.md) as Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -111,9 +112,14 @@ class PeakRSS:
         self._thread.join()
 
 
+@contextlib.contextmanager
 def _cluster(n_workers: int, memory_limit: str | None = None):
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                        dashboard_address=":0")
+    """A local cluster as ``nncodec compress`` starts one (its workers' malloc settings
+    included), with a memory limit per worker."""
+    with parallel.worker_settings(), LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+            dashboard_address=":0") as cluster:
+        yield cluster
 
 
 def _warm(client, base_path, scratch: Path):

@@ -287,6 +287,17 @@ def _worker_environ() -> dict:
     return env
 
 
+def worker_settings():
+    """A ``dask.config.set`` context in which the nannies of clusters started in this
+    process give their workers :data:`WORKER_MALLOC` (used by :class:`Engine`; hold it for
+    the cluster's lifetime, since nannies read it again when they restart a worker)::
+
+        with nncodec.parallel.worker_settings(), LocalCluster() as cluster, Client(cluster):
+            ...
+    """
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()})
+
+
 @dataclass
 class Engine:
     """Where the work runs: a local cluster (default), a running scheduler, or a batch system.
@@ -341,9 +352,7 @@ class Engine:
             with Client(self.scheduler) as client:
                 yield client
             return
-        # nannies read the environment when they start a worker (restarts included)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
-                self._cluster() as cluster, Client(cluster) as client:
+        with worker_settings(), self._cluster() as cluster, Client(cluster) as client:
             yield client
 
     def _cluster(self):
