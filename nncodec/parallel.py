@@ -278,24 +278,47 @@ def _input_paths(inputs) -> list[str] | None:
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 16 * 2**20, "MALLOC_MMAP_THRESHOLD_": 16 * 2**20}
 
 
+def _user_sets_mmap_threshold() -> bool:
+    env = dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}
+    return "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in os.environ
+
+
 def _worker_environ() -> dict:
     """distributed's environment for new worker processes, with :data:`WORKER_MALLOC`
-    (unless the user set an mmap threshold there: then theirs stands)."""
+    (unless the user set an mmap threshold: then theirs stands)."""
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {})
-    if "MALLOC_MMAP_THRESHOLD_" not in env:
+    if not _user_sets_mmap_threshold():
         env.update(WORKER_MALLOC)
     return env
 
 
+@contextlib.contextmanager
 def worker_settings():
-    """A ``dask.config.set`` context in which the nannies of clusters started in this
-    process give their workers :data:`WORKER_MALLOC` (used by :class:`Engine`; hold it for
-    the cluster's lifetime, since nannies read it again when they restart a worker)::
+    """A context in which the nannies of clusters started in this process give their
+    workers :data:`WORKER_MALLOC` (used by :class:`Engine`; hold it for the cluster's
+    lifetime, since nannies read it again when they restart a worker)::
 
         with nncodec.parallel.worker_settings(), LocalCluster() as cluster, Client(cluster):
             ...
+
+    A nanny lets this process's environment override its configuration, and writes its
+    settings into that environment when it starts a worker (so every cluster started
+    earlier left ``MALLOC_TRIM_THRESHOLD_=65536`` there): the variables are set here too,
+    and restored on exit.
     """
-    return dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()})
+    ours, env = not _user_sets_mmap_threshold(), _worker_environ()
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    if ours:
+        os.environ.update({k: str(v) for k, v in WORKER_MALLOC.items()})
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass

@@ -280,12 +280,17 @@ def _initial_malloc_env() -> dict:
 
 @pytest.mark.distributed
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
-def test_local_engine_workers_start_with_nncodec_malloc_thresholds():
+def test_local_engine_workers_start_with_nncodec_malloc_thresholds(monkeypatch):
     """distributed's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which made coding
-    about 30 % slower; the clusters nncodec starts give them WORKER_MALLOC from the start."""
+    about 30 % slower; the clusters nncodec starts give them WORKER_MALLOC from the start,
+    also after another cluster's nanny left its setting in this process's environment."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what any earlier LocalCluster leaves
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     with Engine(n_workers=1).client() as client:
         got = list(client.run(_initial_malloc_env).values())
     assert got == [{k: str(v) for k, v in parallel.WORKER_MALLOC.items()}]
+    # and the environment is as it was
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536" and "MALLOC_MMAP_THRESHOLD_" not in os.environ
 
 
 @pytest.mark.distributed
