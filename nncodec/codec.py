@@ -232,11 +232,8 @@ class NNCodec(Codec):
                     if t.kind in (NETWORK, RESIDUAL):
                         _finish_residual(t, slices, fin, step, data.dtype, rt)
 
-        if rt is not None and rt.device.type == "cpu" and len(tiles) == 1:
-            # one tile: its whole coding on one tile-pool thread, one hand-over
-            from .models import tilepool
-
-            tilepool.run(code)
+        if rt is not None and len(tiles) == 1:
+            rt.one_tile(code)
         else:
             code()
         header = fmt.Header(
@@ -565,11 +562,8 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     # the weights only where a tile uses the network: residual-only chunks decode without them
     rt = _decoder_runtime(header, device, model) if any(t.kind == NETWORK for t in coded) else None
     args = (header, tiles, coded, slices, finite, bytes(r.rest()), rt)
-    if rt is not None and rt.device.type == "cpu" and len(coded) == 1:
-        # one network tile: the whole rest on one tile-pool thread, one hand-over
-        from .models import tilepool
-
-        tilepool.run(_reconstruct, *args)
+    if rt is not None and len(coded) == 1:
+        rt.one_tile(_reconstruct, *args)
     else:
         _reconstruct(*args)
     out = slices.reshape(shape)

@@ -278,18 +278,12 @@ def _input_paths(inputs) -> list[str] | None:
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 16 * 2**20, "MALLOC_MMAP_THRESHOLD_": 16 * 2**20}
 
 
-def _user_sets_mmap_threshold() -> bool:
+def _worker_malloc() -> dict:
+    """:data:`WORKER_MALLOC`, or nothing where the user set an mmap threshold (in
+    distributed's worker environment or this process's): theirs stands."""
     env = dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}
-    return "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in os.environ
-
-
-def _worker_environ() -> dict:
-    """distributed's environment for new worker processes, with :data:`WORKER_MALLOC`
-    (unless the user set an mmap threshold: then theirs stands)."""
-    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {})
-    if not _user_sets_mmap_threshold():
-        env.update(WORKER_MALLOC)
-    return env
+    user = "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    return {} if user else dict(WORKER_MALLOC)
 
 
 @contextlib.contextmanager
@@ -306,10 +300,10 @@ def worker_settings():
     earlier left ``MALLOC_TRIM_THRESHOLD_=65536`` there): the variables are set here too,
     and restored on exit.
     """
-    ours, env = not _user_sets_mmap_threshold(), _worker_environ()
-    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
-    if ours:
-        os.environ.update({k: str(v) for k, v in WORKER_MALLOC.items()})
+    malloc = _worker_malloc()
+    env = {**(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}), **malloc}
+    saved = {k: os.environ.get(k) for k in malloc}
+    os.environ.update({k: str(v) for k, v in malloc.items()})
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             yield
@@ -448,9 +442,11 @@ def jobqueue_cluster(path, kind: str):
               for key, value in section.items() if value is not None}
     # the nanny on the node reads its dask config when it starts the worker; a DASK_ variable
     # holding a dict is merged over distributed's defaults there
-    malloc = {k: v for k, v in _worker_environ().items() if k.startswith("MALLOC_")}
-    prologue = kwargs.get("job_script_prologue", dask.config.get(f"jobqueue.{kind}.job-script-prologue", None))
-    kwargs["job_script_prologue"] = [*(prologue or []), f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{malloc!r}"']
+    malloc = _worker_malloc()
+    if malloc:
+        prologue = kwargs.get("job_script_prologue", dask.config.get(f"jobqueue.{kind}.job-script-prologue", None))
+        kwargs["job_script_prologue"] = [*(prologue or []),
+                                         f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{malloc!r}"']
     return classes[kind](**kwargs)
 
 

@@ -100,6 +100,13 @@ class Runtime:
     def _g_s64(self) -> torch.nn.Module:
         return copy.deepcopy(self.g_s).double()
 
+    def one_tile(self, func, *args):
+        """``func(*args)``, the coding of a chunk that is one tile: on the CPU on one
+        tile-pool thread (:func:`.tilepool.run`: one hand-over, the same single-thread
+        kernels, and concurrent callers share the pool instead of each starting OpenMP
+        threads of its own); elsewhere here."""
+        return tilepool.run(func, *args) if self.device.type == "cpu" else func(*args)
+
     @staticmethod
     def latent_shape(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """(y shape, z shape) of an h x w tile: every stride-2 layer maps n to ceil(n / 2)."""
