@@ -197,6 +197,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--steps", type=int, default=100_000, help="training steps (default 100000)")
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this long; --resume continues")
+    parser.add_argument("--schedule-minutes", type=float, metavar="M",
+                        help="instead of --steps: fit the whole schedule (learning-rate decay, larger late crops) "
+                             "into M minutes of training, however fast the machine is")
     parser.add_argument("--lambda", dest="lambdas", type=float, action="append", metavar="L",
                         help="rate-distortion lambda of a quality level (repeat; default the shipped family's 8)")
     parser.add_argument("--target-bpp", type=float, metavar="B",
@@ -219,11 +222,13 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit("--init excludes --lambda and --target-bpp: a fine-tuned model keeps its parent's quality levels")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, crop_late=2 * args.crop, lr=args.lr,
                       threads=args.threads, val_fraction=args.val_fraction, max_minutes=args.minutes,
-                      device=args.device, target_bpp=args.target_bpp, **({"lambdas": args.lambdas} if args.lambdas else {}))
+                      schedule_minutes=args.schedule_minutes, device=args.device, target_bpp=args.target_bpp, **({"lambdas": args.lambdas} if args.lambdas else {}))
     ckpt = train(sources, args.out, cfg, init=args.init, resume=args.resume)
     import torch
 
-    if torch.load(ckpt, map_location="cpu", weights_only=False)["step"] < cfg.steps and args.minutes:
+    from .train.loop import finished
+
+    if not finished(torch.load(ckpt, map_location="cpu", weights_only=False)):
         print(f"stopped early; continue with: nncodec train {' '.join(args.sources)} --out {args.out} --resume")
         return 0
     model_id = args.model_id or Path(args.out).resolve().name

@@ -35,6 +35,12 @@ def test_train_exports_usable_weights(tmp_path, capsys, compressai):
     assert "NNCodec(model=" in capsys.readouterr().out
     card = json.loads((out / "mine.json").read_text())
     assert card["training"]["steps_done"] == 6 and set(card["validation"]) == {"q1", "q2"}
+    # --schedule-minutes: the run is finished when its time is spent, and exports
+    timed_run = ["train", f"{data}:tas", "--out", str(tmp_path / "timed"), "--schedule-minutes", "0.02", "--batch", "2",
+                 "--crop", "32", "--lambda", "100", "--id", "timed"]
+    assert main(timed_run) == 0
+    card = json.loads((tmp_path / "timed" / "timed.json").read_text())
+    assert card["training"]["schedule_minutes"] == 0.02 and card["training"]["trained_minutes"] >= 0.02
 
 
 def test_without_compressai_training_and_refinement_name_the_extra(tmp_path):

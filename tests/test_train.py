@@ -26,8 +26,8 @@ def archive(tmp_path_factory):
 
 
 def tiny(**kw):
-    return TrainConfig(steps=kw.pop("steps", 20), batch=2, crop=32, crop_late=32, log_every=10,
-                       checkpoint_every=10, lambdas=[100.0, 1000.0], **kw)
+    return TrainConfig(**{"steps": 20, "batch": 2, "crop": 32, "crop_late": 32, "log_every": 10,
+                          "checkpoint_every": 10, "lambdas": [100.0, 1000.0], **kw})
 
 
 def test_train_resume_export_use(tmp_path, archive):
@@ -126,3 +126,25 @@ def test_target_bpp_steers_lambda(tmp_path, archive, target, direction):
 def test_target_bpp_refuses_init(tmp_path, archive):
     with pytest.raises(ValueError, match="does not combine with init"):
         train([archive], tmp_path / "r", tiny(target_bpp=1.0), init="hyperprior-climate-v1")
+
+
+def test_schedule_fitted_into_minutes_and_resumed(tmp_path, archive):
+    """``schedule_minutes`` runs the whole schedule (decay to lr_min, the late crops) in the
+    time given, and a resumed run counts the time already trained."""
+    from nncodec.train.loop import _lr_at, finished
+
+    cfg = tiny(steps=10**9, schedule_minutes=0.03, log_every=10**9, checkpoint_every=10**9)
+    lines = []
+    ckpt = train([archive], tmp_path / "run", cfg, log=lines.append)
+    first = torch.load(ckpt, weights_only=False)
+    assert finished(first) and first["step"] < 10**9  # ended by time, not by steps
+    assert 1.8 <= first["trained_s"] < 10
+    assert _lr_at(TrainConfig(**first["config"]), max(first["step"], 500), first["trained_s"]) == pytest.approx(cfg.lr_min)
+    longer = tiny(steps=10**9, schedule_minutes=0.06, log_every=10**9, checkpoint_every=10**9)
+    ckpt = train([archive], tmp_path / "run", longer, resume=True, log=lines.append)
+    second = torch.load(ckpt, weights_only=False)
+    assert any("0.0 of 0.06 minutes" in line for line in lines)
+    assert finished(second) and second["step"] > first["step"] and 3.6 <= second["trained_s"] < 15
+    # a schedule cut short by max_minutes is not finished
+    short = tiny(steps=10**9, schedule_minutes=1.0, max_minutes=0.01, log_every=10**9)
+    assert not finished(torch.load(train([archive], tmp_path / "short", short), weights_only=False))
