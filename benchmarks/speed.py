@@ -76,6 +76,19 @@ def stage_profile(func) -> dict:
     return {"total": total, "stages": out}
 
 
+def stage_table(profiles: dict) -> list[str]:
+    """Markdown rows: seconds and share per stage of :func:`stage_profile`'s ``encode`` and ``decode``."""
+    lines = ["| stage | encode s | share | decode s | share |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys([*profiles["encode"]["stages"], *profiles["decode"]["stages"]]):
+        cells = []
+        for op in ("encode", "decode"):
+            s = profiles[op]["stages"].get(name)
+            cells += ["", ""] if s is None else [f"{s:.3f}", f"{100 * s / profiles[op]['total']:.0f} %"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| total | {profiles['encode']['total']:.3f} | | {profiles['decode']['total']:.3f} | |")
+    return lines
+
+
 def stacked_chunks(data: Path) -> list[dict]:
     """nncodec (quality 4) on small grids: one slice per chunk against n slices per chunk
     (the same values; the tiles of a chunk run side by side on the tile pool), called one
@@ -221,17 +234,8 @@ def main() -> None:
         "",
         f"## Where the time goes ({result['profile']['chunk']}, cProfile)",
         "",
-        "| stage | encode s | share | decode s | share |",
-        "|---|---|---|---|---|",
+        *stage_table(profiles),
     ]
-    names = list(dict.fromkeys([*profiles["encode"]["stages"], *profiles["decode"]["stages"]]))
-    for name in names:
-        cells = []
-        for op in ("encode", "decode"):
-            s = profiles[op]["stages"].get(name)
-            cells += ["", ""] if s is None else [f"{s:.3f}", f"{100 * s / profiles[op]['total']:.0f} %"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| total | {profiles['encode']['total']:.3f} | | {profiles['decode']['total']:.3f} | |")
     lines += ["", "Network multiply-adds per value (one 256 x 256 tile): "
               + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()) + "."]
     base = result["synthesis_widths"][0]
