@@ -1,0 +1,42 @@
+"""The network on CUDA: chunks written there decode on the CPU, and the other way round.
+
+These run only where torch sees a GPU (CI has none). docs/gpu.md holds the same checks
+measured on an H200 (`python benchmarks/gpu.py`).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from nncodec import NNCodec
+
+from conftest import load_field
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def fields():
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts").reshape(-1, 145, 192)[-6:].astype(np.float32)
+    sst = load_field("ferret_coads_climatology.npz", "sst")[-3:].astype(np.float32)  # land is NaN
+    return {"ts": ts, "sst": sst}
+
+
+@pytest.mark.parametrize("name", ["ts", "sst"])
+def test_learned_chunks_agree_across_devices_to_float32_rounding(fields, name):
+    x = fields[name]
+    span = float(np.nanmax(x) - np.nanmin(x))
+    gpu, cpu = NNCodec(quality=4, device="cuda"), NNCodec(quality=4, device="cpu")
+    for buf in (gpu.encode(x), cpu.encode(x)):
+        on_gpu, on_cpu = gpu.decode(buf), cpu.decode(buf)
+        assert np.array_equal(np.isnan(on_gpu), np.isnan(x)) and np.array_equal(np.isnan(on_cpu), np.isnan(x))
+        assert np.nanmax(np.abs(on_gpu.astype(np.float64) - on_cpu)) <= 2e-6 * span
+
+
+def test_error_bounded_chunks_decode_identically_and_keep_the_bound(fields):
+    x = fields["ts"]
+    bound = 1e-3 * float(x.max() - x.min())
+    buf = NNCodec(quality=4, abs_error=bound, device="cuda").encode(x)
+    on_gpu, on_cpu = NNCodec(device="cuda").decode(buf), NNCodec(device="cpu").decode(buf)
+    assert np.array_equal(on_gpu, on_cpu)
+    assert np.abs(on_cpu.astype(np.float64) - x).max() <= bound
