@@ -148,3 +148,54 @@ def test_schedule_fitted_into_minutes_and_resumed(tmp_path, archive):
     # a schedule cut short by max_minutes is not finished
     short = tiny(steps=10**9, schedule_minutes=1.0, max_minutes=0.01, log_every=10**9)
     assert not finished(torch.load(train([archive], tmp_path / "short", short), weights_only=False))
+
+
+def _net(state: dict, lambdas, **arch):
+    from nncodec.models.hyperprior import FieldHyperprior
+
+    net = FieldHyperprior(lambdas=lambdas, **arch)
+    net.load_state_dict(state, strict=False)
+    return net.eval()
+
+
+def test_widen_starts_at_the_parents_function(compressai):
+    """A grown model (more latents, a wider analysis and synthesis) reconstructs what its
+    parent does, at the parent's rate; levels between the parent's get interpolated gains."""
+    from nncodec.models.hyperprior import CDF_BUFFERS
+    from nncodec.train.widen import widen
+
+    parent = load_model_state("hyperprior-climate-v2")
+    cfg = dict(parent["config"])
+    lambdas = cfg.pop("lambdas")
+    arch = {"N": 80, "M": 96, "Nh": cfg["Nh"], "synthesis": [64, 48, 24]}
+    grown = widen(parent["state_dict"], parent["config"], arch, lambdas)
+    trainable = {k: v for k, v in parent["state_dict"].items() if k.rsplit(".", 1)[-1] not in CDF_BUFFERS}
+    old, new = _net(trainable, lambdas, **cfg), _net(grown, lambdas, **arch)
+    x = torch.from_numpy(load_field("iris_glosea4_surface_temperature.npz", "ts")[-1, 0, :96, :128].astype(np.float32))
+    x = ((x - x.min()) / (x.max() - x.min()))[None, None]
+    with torch.no_grad():
+        for q in (0, 4, 7):
+            a, b = old(x, torch.tensor([q])), new(x, torch.tensor([q]))
+            torch.testing.assert_close(b["x_hat"], a["x_hat"], atol=2e-5, rtol=0)
+            bits = [sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()) for out in (a, b)]
+            assert abs(float(bits[1] - bits[0])) < 1e-3 * float(bits[0]) + 1.0
+    mid = widen(parent["state_dict"], parent["config"], arch, [float(np.sqrt(lambdas[2] * lambdas[3])), lambdas[-1] * 10])
+    half = (parent["state_dict"]["log_gain"][2] + parent["state_dict"]["log_gain"][3]) / 2
+    torch.testing.assert_close(mid["log_gain"][0, :64], half, atol=1e-5, rtol=0)
+    assert (mid["log_gain"][1, :64] > parent["state_dict"]["log_gain"][-1]).float().mean() > 0.5  # extrapolated up
+    with pytest.raises(ValueError, match="Nh must stay"):
+        widen(parent["state_dict"], parent["config"], {**arch, "Nh": 64}, lambdas)
+    with pytest.raises(ValueError, match="only grows"):
+        widen(parent["state_dict"], parent["config"], {**arch, "M": 32}, lambdas)
+
+
+def test_grow_trains_from_the_grown_parent(tmp_path, archive):
+    arch = {"N": 64, "M": 80, "Nh": 48, "synthesis": [56, 40, 20]}
+    lines = []
+    ckpt = train([archive], tmp_path / "g", tiny(steps=4, arch=arch, lambdas=[1e5, 1e6]), init="hyperprior-climate-v2",
+                 grow=True, log=lines.append)
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["config"]["arch"] == arch and saved["config"]["lambdas"] == [1e5, 1e6]
+    assert saved["model"]["g_s.0.weight"].shape == (80, 56, 5, 5) and any("grown to" in line for line in lines)
+    with pytest.raises(ValueError, match="grows the model given as init"):
+        train([archive], tmp_path / "h", tiny(steps=1), grow=True)

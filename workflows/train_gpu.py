@@ -12,6 +12,9 @@ Runs (each fits its whole schedule into ``--minutes`` of training, however fast 
   cosine decay to 1e-5.
 - ``default-gpu``: the default model's architecture and levels, continued from
   ``hyperprior-climate-v2`` with batch 64 (v2 saw batch 8), Adam 1e-4 to 1e-5.
+- ``highrate-grown``: ``hyperprior-climate-v2`` grown (``nncodec.train.widen``: the same
+  function at the start) to 128 latent channels and a (96, 64, 32) synthesis, 5 quality
+  levels, lambda 5e4 .. 5e6, Adam 1e-4 to 1e-5. Not run on a GPU yet.
 
 Data: every 2D+ array of ``--data`` (default ``../shared/data``), the last 15 % of each
 array's first axis held out, as for the shipped CPU recipe (``train_shipped.py``).
@@ -30,6 +33,9 @@ RUNS = {
     "highrate": {"config": {**COMMON, "lr": 4e-4, "arch": {"N": 96, "M": 192, "Nh": 64, "synthesis": [96, 64, 32]},
                             "lambdas": [5e4, 1.5e5, 5e5, 1.5e6, 5e6, 1.5e7]}},
     "default-gpu": {"config": {**COMMON, "lr": 1e-4}, "init": "hyperprior-climate-v2"},
+    "highrate-grown": {"config": {**COMMON, "lr": 1e-4, "arch": {"N": 64, "M": 128, "Nh": 48, "synthesis": [96, 64, 32]},
+                                  "lambdas": [5e4, 1.5e5, 5e5, 1.5e6, 5e6]},
+                       "init": "hyperprior-climate-v2", "grow": True},
 }
 
 
@@ -53,7 +59,7 @@ def main() -> None:
     spec = RUNS[args.run]
     cfg = TrainConfig(**{**spec["config"], **({"device": args.device} if args.device else {})},
                       schedule_minutes=args.minutes)
-    train(sources, args.out, cfg, init=spec.get("init"), resume=run.exists())
+    train(sources, args.out, cfg, init=spec.get("init"), resume=run.exists(), grow=spec.get("grow", False))
 
 
 if __name__ == "__main__":

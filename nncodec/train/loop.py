@@ -106,9 +106,13 @@ def rd_loss(model, x, mask, q):
     return loss, bpv, mse
 
 
-def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init: str | None = None, resume: bool = False, log=None):
+def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init: str | None = None, resume: bool = False, log=None,
+          grow: bool = False):
     """Train (or fine-tune from ``init``) and write checkpoints to ``out``.
 
+    Fine-tuning keeps ``init``'s architecture and quality levels; with ``grow`` the run
+    instead starts from ``init`` grown into ``cfg.arch`` with ``cfg.lambdas``
+    (:func:`nncodec.train.widen.widen`: a wider network computing ``init``'s function).
     Returns the path of the last checkpoint. ``log`` receives one line per report
     (default: stderr).
     """
@@ -151,15 +155,22 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
             raise ValueError("target_bpp trains a new one-level model; it does not combine with init")
         if len(cfg.lambdas) != 1:
             cfg.lambdas = [5000.0]  # a starting guess: the controller moves it
+    if grow and init is None:
+        raise ValueError("grow=True grows the model given as init; name one")
     init_weights = None
     if init is not None and state is None:
         from ..weights import load_model_state
 
         init_weights = load_model_state(init)
-        # a fine-tuned model keeps its parent's architecture and quality levels
-        init_cfg = dict(init_weights["config"])
-        cfg.lambdas = init_cfg.pop("lambdas")
-        cfg.arch = init_cfg
+        if grow:
+            from .widen import widen
+
+            init_weights = {"state_dict": widen(init_weights["state_dict"], init_weights["config"], cfg.arch, cfg.lambdas)}
+        else:
+            # a fine-tuned model keeps its parent's architecture and quality levels
+            init_cfg = dict(init_weights["config"])
+            cfg.lambdas = init_cfg.pop("lambdas")
+            cfg.arch = init_cfg
     model = FieldHyperprior(lambdas=cfg.lambdas, **cfg.arch)
     device = torch.device(cfg.device)
     if init_weights is not None:
@@ -168,7 +179,8 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
         missing, unexpected = model.load_state_dict(trainable, strict=False)
         if unexpected or [k for k in missing if k.rsplit(".", 1)[-1] not in CDF_BUFFERS]:
             raise ValueError(f"{init} does not fit the FieldHyperprior architecture (missing {missing}, unexpected {unexpected})")
-        log(f"initialised from {init} ({len(trainable)} tensors; lambdas {cfg.lambdas})")
+        log(f"initialised from {init} ({len(trainable)} tensors; lambdas {cfg.lambdas}"
+            + (f"; grown to {cfg.arch})" if grow else ")"))
     params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
