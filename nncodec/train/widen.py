@@ -42,8 +42,9 @@ def widen(parent_state: dict, parent_config: dict, arch: dict, lambdas, seed: in
         raise ValueError(f"widen keeps the hyper transforms' width: Nh must stay {parent_arch['Nh']}, got {arch['Nh']}")
     if any(n < o for n, o in zip(new, old)):
         raise ValueError(f"widen only grows: {arch} is narrower than the parent's {parent_arch} somewhere")
-    torch.manual_seed(seed)
-    child = FieldHyperprior(lambdas=list(lambdas), **arch)
+    with torch.random.fork_rng(devices=[]):  # the new weights' draw leaves the caller's RNG alone
+        torch.manual_seed(seed)
+        child = FieldHyperprior(lambdas=list(lambdas), **arch)
     state = {k: v.clone() for k, v in child.state_dict().items() if k.rsplit(".", 1)[-1] not in CDF_BUFFERS}
     done = {"log_gain", "lambdas"}
     with torch.no_grad():
