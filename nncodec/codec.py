@@ -279,12 +279,16 @@ class NNCodec(Codec):
                 candidates.append(buf)
                 break
         # errors mostly fall well inside the bound, so the RMSE lands below the target (by
-        # 0.5-1.5 dB on the fields of docs/results.md): the RMSE grows about in proportion
-        # to the bound, so one step of that proportion (a little short) lands near it
+        # 0.5-1.5 dB on the fields of docs/results.md). The RMSE grows roughly in proportion
+        # to the bound: try the bound scaled by that proportion (a little short), and if
+        # the RMSE grew faster, half of that step (in log)
         if 0 < got < rmse_target:
-            buf = self._encode(arr, self.quality, bound * 0.995 * rmse_target / got)
-            if passes(buf):
-                candidates.append(buf)
+            step = 0.995 * rmse_target / got
+            for factor in (step, math.sqrt(step)):
+                buf = self._encode(arr, self.quality, bound * factor)
+                if passes(buf):
+                    candidates.append(buf)
+                    break
         return min(candidates, key=len)
 
 
