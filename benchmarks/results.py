@@ -1,6 +1,6 @@
 """Regenerate docs/results.md and its figures: the shipped model on the development fields.
 
-    python benchmarks/results.py            # needs ../shared/data beside the repo, ~15 min on 2 cores
+    python benchmarks/results.py            # needs ../shared/data beside the repo, ~2 min on 2 cores
 
 Held-out slices only (the training split keeps the last 15 % of each field's first axis
 for validation): GloSea4 TS (member 12), Stage IV precipitation (last hours), FNOC
