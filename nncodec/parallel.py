@@ -278,11 +278,15 @@ def _input_paths(inputs) -> list[str] | None:
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 16 * 2**20, "MALLOC_MMAP_THRESHOLD_": 16 * 2**20}
 
 
+def _nanny_environ() -> dict:
+    """The environment distributed's nannies give their workers (dask config)."""
+    return dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}
+
+
 def _worker_malloc() -> dict:
     """:data:`WORKER_MALLOC`, or nothing where the user set an mmap threshold (in
     distributed's worker environment or this process's): theirs stands."""
-    env = dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}
-    user = "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    user = "MALLOC_MMAP_THRESHOLD_" in _nanny_environ() or "MALLOC_MMAP_THRESHOLD_" in os.environ
     return {} if user else dict(WORKER_MALLOC)
 
 
@@ -301,7 +305,7 @@ def worker_settings():
     and restored on exit.
     """
     malloc = _worker_malloc()
-    env = {**(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}), **malloc}
+    env = {**_nanny_environ(), **malloc}
     saved = {k: os.environ.get(k) for k in malloc}
     os.environ.update({k: str(v) for k, v in malloc.items()})
     try:
