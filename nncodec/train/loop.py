@@ -62,7 +62,7 @@ def _progress(cfg: TrainConfig, step: int, trained_s: float) -> float:
     return min(1.0, step / cfg.steps)
 
 
-def _lr_at(cfg: TrainConfig, step: int, trained_s: float = 0.0) -> float:
+def _lr_at(cfg: TrainConfig, step: int, trained_s: float) -> float:
     """Linear warm-up over the first steps, then cosine decay from ``lr`` to ``lr_min``."""
     if step < WARMUP_STEPS:
         return cfg.lr * (step + 1) / WARMUP_STEPS

@@ -47,11 +47,13 @@ def widen(parent_state: dict, parent_config: dict, arch: dict, lambdas, seed: in
         child = FieldHyperprior(lambdas=list(lambdas), **arch)
     state = {k: v.clone() for k, v in child.state_dict().items() if k.rsplit(".", 1)[-1] not in CDF_BUFFERS}
     done = {"log_gain", "lambdas"}
+    # the hyper-synthesis layer whose outputs are the latents' scales
+    scales = "h_s." + str(max(i for i, m in enumerate(child.h_s) if isinstance(m, nn.Conv2d)))
     with torch.no_grad():
         for name, module in child.named_modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 _grow_layer(state, parent_state, name, out_dim=1 if isinstance(module, nn.ConvTranspose2d) else 0,
-                            new_bias=SCALES_MIN if name == "h_s.4" else 0.0)
+                            new_bias=SCALES_MIN if name == scales else 0.0)
                 done |= {f"{name}.weight", f"{name}.bias"}
             elif hasattr(module, "beta_reparam"):  # GDN: the parent's block; new channels as initialised
                 n = parent_state[f"{name}.beta"].shape[0]
