@@ -145,6 +145,9 @@ def test_schedule_fitted_into_minutes_and_resumed(tmp_path, archive):
     second = torch.load(ckpt, weights_only=False)
     assert any("0.0 of 0.06 minutes" in line for line in lines)
     assert finished(second) and second["step"] > first["step"] and 3.6 <= second["trained_s"] < 15
+    # resuming without minutes (what `nncodec train --resume` does) keeps the time-fitted schedule
+    again = torch.load(train([archive], tmp_path / "run", tiny(steps=10**9), resume=True), weights_only=False)
+    assert again["config"]["schedule_minutes"] == 0.06 and again["step"] <= second["step"] + 1
     # a schedule cut short by max_minutes is not finished
     short = tiny(steps=10**9, schedule_minutes=1.0, max_minutes=0.01, log_every=10**9)
     assert not finished(torch.load(train([archive], tmp_path / "short", short), weights_only=False))

@@ -128,9 +128,11 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         saved = TrainConfig(**state["config"])
-        # a resumed run keeps its recipe; only how long it runs may change
+        # a resumed run keeps its recipe; only how long it runs may change (a time-fitted
+        # schedule stays one unless new minutes are given: `--resume` alone continues it)
         if cfg is not None:
-            saved.steps, saved.max_minutes, saved.schedule_minutes = cfg.steps, cfg.max_minutes, cfg.schedule_minutes
+            saved.steps, saved.max_minutes = cfg.steps, cfg.max_minutes
+            saved.schedule_minutes = cfg.schedule_minutes or saved.schedule_minutes
         cfg = saved
         done = (f"{state.get('trained_s', 0.0) / 60:.1f} of {cfg.schedule_minutes:g} minutes" if cfg.schedule_minutes
                 else f"step {state['step']} of {cfg.steps}")
