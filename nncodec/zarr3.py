@@ -13,6 +13,8 @@ This module needs zarr 3; ``import nncodec`` does not import it.
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -131,13 +133,24 @@ class NNCodecV3(ArrayBytesCodec):
 
     # -- coding --------------------------------------------------------------------------
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
-        # the network runs for a while: keep it off the event loop, as zarr's numcodecs wrappers do
-        encoded = await asyncio.to_thread(self._codec.encode, chunk_array.as_numpy_array())
+        encoded = await self._off_loop(chunk_spec.shape, self._codec.encode, chunk_array.as_numpy_array())
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        decoded = await asyncio.to_thread(self._codec.decode, chunk_bytes.as_numpy_array())
+        decoded = await self._off_loop(chunk_spec.shape, self._codec.decode, chunk_bytes.as_numpy_array())
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(_as_chunk(decoded, chunk_spec))
+
+    async def _off_loop(self, shape, func, arg):
+        """``func(arg)`` off the event loop (the network runs for a while), as zarr's
+        numcodecs wrappers do. A chunk of one tile is coded whole on one thread of
+        nncodec's CPU tile pool: once that pool runs, such chunks go to it directly, one
+        hand-over fewer per chunk (a tenth of a small chunk's decode); larger chunks go to
+        a thread of their own, from which their tiles spread over the pool."""
+        one_tile = len(shape) >= 2 and math.prod(shape[:-2]) == 1 and max(shape[-2:]) <= self.tile
+        pool = _cpu_tile_pool(self.device) if one_tile else None
+        if pool is None:
+            return await asyncio.to_thread(func, arg)
+        return await asyncio.get_running_loop().run_in_executor(pool, func, arg)
 
 
 def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
@@ -149,3 +162,16 @@ def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
             f"{tuple(chunk_spec.shape)}: the chunk was written for another array (rewrite it)"
         )
     return decoded.astype(dtype, copy=False).reshape(chunk_spec.shape)
+
+
+def _cpu_tile_pool(device: str):
+    """nncodec's CPU tile pool if it has started (a network ran in this process) and
+    ``device`` runs on the CPU, else None. Its module comes with torch, which a process
+    that reads only residual-layer chunks never imports; it is not imported here."""
+    tilepool = sys.modules.get("nncodec.models.tilepool")
+    pool = None if tilepool is None else tilepool.started()
+    if pool is None:
+        return None
+    from .models.runtime import resolve_device
+
+    return pool if resolve_device(device).type == "cpu" else None

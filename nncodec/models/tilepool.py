@@ -56,6 +56,11 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def started() -> ThreadPoolExecutor | None:
+    """The process's tile pool if something has started it, else None."""
+    return _pool
+
+
 def run(func, *args):
     """``func(*args)`` on one of the pool's threads (where :func:`map_tiles` runs its
     tiles in order, on that thread), waiting for it.
