@@ -11,7 +11,9 @@ Part 2 times small grids chunked one slice per chunk against several slices per 
 Part 3 profiles one decode and one encode of a 1024 x 1024 relief chunk with cProfile and
 splits the time into stages (synthesis / analysis network, integer hyper-synthesis, range
 coding, the rest), and counts the network's multiply-adds per value with torch's FLOP
-counter.
+counter; then splits one small chunk's decode (73 x 144) the same way, timing each stage
+alone (cProfile's own cost would swamp a 2 ms call), and times the synthesis of such a
+chunk for lighter inner widths.
 
 Usage::
 
@@ -177,6 +179,67 @@ def synthesis_widths(latent=(5, 9), repeats=300) -> list[dict]:
     return rows
 
 
+#: the small chunk whose decode :func:`small_chunk_budget` splits up
+SMALL = ("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity")
+
+
+def small_chunk_budget(data: Path, repeats: int = 300) -> dict:
+    """Milliseconds of one small chunk's decode (73 x 144, one tile, quality 4) and of
+    its compute stages timed alone on a tile-pool thread as the codec runs them: the
+    synthesis network, the integer hyper-synthesis, the range decoding of the chunk's
+    symbols. What remains is Python around them and the hand-over to the pool."""
+    from nncodec.entropy import StreamReader, StreamWriter
+    from nncodec.models import tilepool
+    from nncodec.normalize import normalise_tile, tile_offset_scale
+    from nncodec.weights import load
+
+    x = np.load(data / SMALL[0])[SMALL[1]].astype(np.float32).reshape(-1, 73, 144)[0]
+    codec, rt = NNCodec(quality=4), load(None)
+    buf = codec.encode(x)
+    finite = np.isfinite(x)
+    norm = normalise_tile(x, finite, *tile_offset_scale(x, finite))
+    sym = rt.quantise(rt.analyse(norm[None, None].astype(np.float32)), 4)
+    channels = np.broadcast_to(np.arange(sym["z"].shape[1])[:, None, None], sym["z"].shape[1:])
+    writer = StreamWriter(rt.tables)
+    writer.z(sym["z"][0], channels)
+    writer.y(sym["y"][0], sym["idx"][0])
+    stream = writer.finish()
+
+    def range_decode():
+        reader = StreamReader(rt.tables, stream)
+        return reader.parts("z", [channels]), reader.parts("y", [sym["idx"][0]])
+
+    def fastest(func):
+        func()
+        return 1e3 * timed(func, repeats=repeats)[1]
+
+    stages = {
+        "synthesis network (g_s)": lambda: rt.synthesise(sym["y"], 4, x.shape),
+        "integer hyper-synthesis": lambda: rt.indexes(sym["z"], sym["y"].shape[-2:]),
+        "range decoding": range_decode,
+        "the whole decode, on a pool thread": lambda: codec.decode(buf),
+    }
+    out = {"chunk": f"{SMALL[0]}:{SMALL[1]} slice 0, 73 x 144, quality 4", "bytes": x.nbytes,
+           "decode_ms": fastest(lambda: codec.decode(buf)),
+           "stages_ms": tilepool.run(lambda: {k: fastest(f) for k, f in stages.items()})}
+    return out
+
+
+def budget_table(budget: dict) -> list[str]:
+    """Markdown rows of :func:`small_chunk_budget`: milliseconds and share of the decode."""
+    total, st = budget["decode_ms"], budget["stages_ms"]
+    inside = st["the whole decode, on a pool thread"]
+    compute = {k: v for k, v in st.items() if k != "the whole decode, on a pool thread"}
+    rows = {**compute,
+            "the rest on the pool thread (parsing, tiling, masks, Python around the kernels)":
+                inside - sum(compute.values()),
+            "hand-over to the pool thread and back": total - inside}
+    lines = ["| stage | ms | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {100 * v / total:.0f} % |" for k, v in rows.items()]
+    lines.append(f"| decode, one call ({budget['bytes'] / 1e3 / total:.1f} MB/s) | {total:.3f} | |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -196,6 +259,7 @@ def main() -> None:
     macs = network_macs(codec)
     result["stacked"] = stacked_chunks(args.data)
     result["synthesis_widths"] = synthesis_widths()
+    result["small_chunk"] = small_chunk_budget(args.data)
     result["profile"] = {"chunk": "1024 x 1024 relief, quality=4", "threads": torch.get_num_threads(),
                          **profiles, "macs_per_value": macs}
     (args.docs / "results").mkdir(parents=True, exist_ok=True)
@@ -238,6 +302,9 @@ def main() -> None:
     ]
     lines += ["", "Network multiply-adds per value (one 256 x 256 tile): "
               + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()) + "."]
+    lines += ["", f"## Where a small chunk's time goes ({result['small_chunk']['chunk']})", "",
+              "Each compute stage timed alone on a tile-pool thread, as the codec runs it, fastest of 300; "
+              "the rest is the difference:", "", *budget_table(result["small_chunk"])]
     base = result["synthesis_widths"][0]
     lines += [
         "", "## Would a lighter synthesis speed up small chunks?", "",
