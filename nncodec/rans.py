@@ -54,7 +54,7 @@ class CoderTables:
     def check(self, indexes: np.ndarray) -> np.ndarray:
         """``indexes`` as a flat int32 array; out-of-range indexes raise (the kernels trust them)."""
         idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+        if not _all_below(idx, len(self)):
             raise ValueError("entropy table index out of range")
         return idx
 
@@ -106,6 +106,16 @@ class Decoder:
 
 
 # -- kernels --------------------------------------------------------------------------------
+@kernel
+def _all_below(indexes, n):
+    """Whether every index lies in [0, n): one pass (min and max were two, and a small
+    chunk's decode checks its indexes twice)."""
+    for i in range(indexes.size):
+        if indexes[i] < 0 or indexes[i] >= n:
+            return False
+    return True
+
+
 @kernel
 def _split(symbol, index, lengths, offsets):
     """(table position, raw value for the bypass digits, number of digits) of one symbol."""
