@@ -1,6 +1,7 @@
 """Issue 3 guarantees: the bound holds on adversarial and random inputs, and bytes decode
 identically whatever the thread count or batch size."""
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -172,3 +173,29 @@ def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
             np.testing.assert_array_equal(got, want)
     if "quality" in kwargs:
         np.testing.assert_array_equal(codec.decode(codec.encode(ts)), np.stack(values))
+
+
+def test_learned_chunks_decode_in_a_forked_child(tmp_path):
+    """The tile pool too is the child's own after a fork. torch's OpenMP threads are not
+    fork-safe (a parallel op in the child hangs, nncodec or not), so the child runs torch
+    single-threaded, as PyTorch advises."""
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts")[12, :2].astype(np.float32)
+    chunk = tmp_path / "chunk.bin"
+    chunk.write_bytes(NNCodec(quality=4).encode(ts))
+    script = f"""
+import multiprocessing
+import numpy as np, torch
+from nncodec import NNCodec
+buf = open({str(chunk)!r}, "rb").read()
+want = NNCodec().decode(buf)  # starts the tile pool
+
+def child(_):
+    torch.set_num_threads(1)
+    return bool(np.array_equal(NNCodec().decode(buf), want))
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    print(pool.map_async(child, [0]).get(timeout=60)[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"]

@@ -16,6 +16,7 @@ as ``torch.get_num_threads()`` had when the pool was made.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,16 @@ import torch
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 _here = threading.local()  # ``inside`` is set in the pool's own threads
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of its parent's threads: a pool inherited from the parent
+    would take work that no thread ever runs. The child starts its own on first use."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _start(n: int) -> ThreadPoolExecutor:
