@@ -29,6 +29,7 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from . import format as fmt
+from .entropy import StreamReader, StreamWriter, lane_count, lane_cuts, run_lanes
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
@@ -485,8 +486,6 @@ def _prediction(t: _Tile, rt) -> np.ndarray:
 
 
 def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
-    from .entropy import StreamWriter
-
     out = bytearray()
     for t in tiles:
         kind = t.kind | (_HAS_RESIDUAL if t.residual is not None and t.kind == NETWORK else 0)
@@ -513,18 +512,30 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
     out += mask_bytes
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     if coded:
-        w = StreamWriter(rt.tables)
-        nets = [t for t in coded if t.kind == NETWORK]
-        if nets:
-            # every tile's z, then every tile's y: one call each (the coder converts its tables per call)
-            w.z(np.concatenate([t.z.ravel() for t in nets]),
-                np.concatenate([np.broadcast_to(np.arange(t.z.shape[0])[:, None, None], t.z.shape).ravel() for t in nets]))
-            w.y(np.concatenate([t.y.ravel() for t in nets]), np.concatenate([t.idx.ravel() for t in nets]))
-        for t in coded:
-            if t.residual is not None:
-                w.r(t.residual.symbols, t.residual.indexes)
-        out += w.finish()
+        n_lanes = lane_count([math.prod(t.shape) for t in coded])
+        cuts = lane_cuts(len(coded), n_lanes)
+        streams = run_lanes(lambda k: _lane_stream(coded[cuts[k] : cuts[k + 1]], rt.tables), n_lanes)
+        fmt.put_varint(out, n_lanes)
+        for s in streams[:-1]:
+            fmt.put_varint(out, len(s))
+        out += b"".join(streams)
     return bytes(out)
+
+
+def _lane_stream(coded, tables) -> bytes:
+    """The range-coded stream of one lane's coded tiles: every network tile's z, then every
+    network tile's y (one call each: the coder converts its tables per call), then the
+    residual symbols tile by tile."""
+    w = StreamWriter(tables)
+    nets = [t for t in coded if t.kind == NETWORK]
+    if nets:
+        w.z(np.concatenate([t.z.ravel() for t in nets]),
+            np.concatenate([np.broadcast_to(np.arange(t.z.shape[0])[:, None, None], t.z.shape).ravel() for t in nets]))
+        w.y(np.concatenate([t.y.ravel() for t in nets]), np.concatenate([t.idx.ravel() for t in nets]))
+    for t in coded:
+        if t.residual is not None:
+            w.r(t.residual.symbols, t.residual.indexes)
+    return w.finish()
 
 
 # -- decoding ----------------------------------------------------------------------------
@@ -576,7 +587,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     # the weights only where a tile uses the network: residual-only chunks decode without them
     rt = _decoder_runtime(header, device, model) if any(t.kind == NETWORK for t in coded) else None
-    args = (header, tiles, coded, slices, finite, bytes(r.rest()), rt)
+    args = (header, tiles, coded, slices, finite, _read_lanes(r, header.version, len(coded)), rt)
     if rt is not None and len(coded) == 1:
         rt.one_tile(_reconstruct, *args)
     else:
@@ -589,13 +600,28 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     return out
 
 
-def _reconstruct(header, tiles, coded, slices, finite, stream: bytes, rt) -> None:
-    """Decode the range-coded stream of the ``coded`` tiles and write every tile's values
+def _read_lanes(r: fmt.Reader, version: int, n_coded: int) -> list[bytes]:
+    """The range-coded streams of a chunk's ``n_coded`` coded tiles: from format version 4
+    a lane count, the byte lengths of all lanes but the last, then the lanes' streams
+    (docs/format.md); before, the rest of the payload is one stream."""
+    if version < 4:
+        return [bytes(r.rest())]
+    if not n_coded:
+        return []
+    n_lanes = r.varint()
+    if not 1 <= n_lanes <= n_coded:
+        raise CorruptStreamError(f"nncodec chunk claims {n_lanes} lanes for {n_coded} coded tiles; the chunk is damaged")
+    lengths = [r.varint() for _ in range(n_lanes - 1)]
+    return [bytes(r.take(n)) for n in lengths] + [bytes(r.rest())]
+
+
+def _reconstruct(header, tiles, coded, slices, finite, lanes: list[bytes], rt) -> None:
+    """Decode the range-coded lanes of the ``coded`` tiles and write every tile's values
     into ``slices``."""
     dtype = header.dtype
     if coded:
         tile_finite = finite.reshape(slices.shape) if finite is not None else None
-        _decode_stream(rt, coded, stream, tile_finite)
+        _decode_stream(rt, coded, lanes, tile_finite)
     for t in tiles:
         target = slices[t.slice, t.rows, t.cols]
         if t.kind == EMPTY:
@@ -641,34 +667,42 @@ def _decoder_runtime(header, device, model):
     return rt
 
 
-def _decode_stream(rt, coded, data: bytes, finite) -> None:
-    from .entropy import StreamReader
-
-    reader = StreamReader(None if rt is None else rt.tables, data)
+def _decode_stream(rt, coded, lanes: list[bytes], finite) -> None:
+    """Symbols of the coded tiles from their lanes' streams, lanes side by side: every
+    lane's hyper-latents, then the scale indexes of all network tiles (batched per tile
+    shape), then every lane's latents and residual symbols."""
     nets = [t for t in coded if t.kind == NETWORK]
-    n_z = 0 if rt is None else rt.tables.medians.shape[0]
-    channels = []
     for t in nets:
         if not 1 <= t.quality <= rt.qualities:
             raise CorruptStreamError(f"nncodec tile quality {t.quality} is outside 1..{rt.qualities}; the chunk is damaged")
-        _, z_shape = rt.latent_shape(*t.shape)
-        channels.append(np.broadcast_to(np.arange(n_z)[:, None, None], (n_z,) + z_shape))
-    # all tiles' z, then (after the hyper-synthesis) all tiles' y, each in one call of the coder
-    for t, z in zip(nets, reader.parts("z", channels)):
-        t.z = z
-    # hyper-synthesis per shape group, then all latents in tile order
-    for shape, group in _groups(nets):
-        y_shape, _ = rt.latent_shape(*shape)
-        idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
-        for t, i in zip(group, idx):
-            t.idx = i
-    for t, y in zip(nets, reader.parts("y", [t.idx for t in nets])):
-        t.y = y
-    for t in coded:
-        if t.residual is not None:
-            # non-finite positions carry no residual symbols: the mask is known before the stream
-            fin = _tile_mask(t, finite)
-            t.residual.k = decode_residual(reader.r, t.shape, fin, t.residual.predictor)
+    readers = [StreamReader(None if rt is None else rt.tables, data) for data in lanes]
+    cuts = lane_cuts(len(coded), len(lanes))
+    lane_tiles = [coded[cuts[k] : cuts[k + 1]] for k in range(len(lanes))]
+    lane_nets = [[t for t in ts if t.kind == NETWORK] for ts in lane_tiles]
+
+    def hyper_latents(k):
+        n_z = rt.tables.medians.shape[0]
+        channels = [np.broadcast_to(np.arange(n_z)[:, None, None], (n_z,) + rt.latent_shape(*t.shape)[1])
+                    for t in lane_nets[k]]
+        for t, z in zip(lane_nets[k], readers[k].parts("z", channels)):
+            t.z = z
+
+    def latents_and_residuals(k):
+        for t, y in zip(lane_nets[k], readers[k].parts("y", [t.idx for t in lane_nets[k]])):
+            t.y = y
+        for t in lane_tiles[k]:
+            if t.residual is not None:
+                # non-finite positions carry no residual symbols: the mask is known before the stream
+                t.residual.k = decode_residual(readers[k].r, t.shape, _tile_mask(t, finite), t.residual.predictor)
+
+    if nets:
+        run_lanes(hyper_latents, len(lanes))
+        for shape, group in _groups(nets):
+            y_shape, _ = rt.latent_shape(*shape)
+            idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
+            for t, i in zip(group, idx):
+                t.idx = i
+    run_lanes(latents_and_residuals, len(lanes))
 
 
 def _synthesise_plain(rt, tiles, slices, dtype, version: int) -> None:

@@ -15,7 +15,7 @@ Layout of one encoded chunk (all integers little-endian; "varint" is LEB128)::
         [bound   float64  requested absolute error bound      (error-bounded only)]
         [step    float64  residual quantisation step          (error-bounded only)]
         crc32    4 bytes  of the header bytes before it, then the payload
-    payload    the rest (tile records, mask, range-coded stream; see docs/format.md)
+    payload    the rest (tile records, mask, range-coded lanes; see docs/format.md)
 
 Parsing a header never imports torch.
 """
@@ -31,8 +31,8 @@ import numpy as np
 from .errors import CorruptStreamError, FormatError, NewerFormatError
 
 MAGIC = b"NNC"
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 # stable dtype codes: never renumber
 DTYPES = {

@@ -21,9 +21,11 @@ EXPECTED_CASES = {
         "all_nan_f4", "small_5d_rel"},
     3: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
         "all_nan_f4", "small_5d_rel"},
+    4: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
+        "all_nan_f4", "small_5d_rel", "relief_f4_lanes"},
 }
 #: Cases whose chunks hold learned (float32 synthesis) tiles without an error bound.
-LEARNED = {"ts_f4_q4", "ts_f4_q8_fortran"}
+LEARNED = {"ts_f4_q4", "ts_f4_q8_fortran", "relief_f4_lanes"}
 
 
 def test_every_supported_version_has_fixtures():
@@ -52,3 +54,9 @@ def test_fixture_decodes_as_written(version, name):
     assert name in LEARNED, f"{name} decodes differently from when it was written"
     span = float(np.nanmax(expected) - np.nanmin(expected))
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * span)
+
+
+def test_lanes_fixture_holds_several_lanes():
+    """relief_f4_lanes (version 4) splits its 24 learned tiles into 6 range-coded lanes."""
+    header, payload = fmt.unpack((FIXTURES / "v4" / "relief_f4_lanes.bin").read_bytes())
+    assert header.version == 4 and payload[24 * (1 + 8 + 1)] == 6  # tile records (kind, offset, scale, level)

@@ -1,10 +1,14 @@
-"""The bitstream: header fields, checksums, truncation, versions; no network needed."""
+"""The bitstream: header fields, checksums, truncation, versions, lanes."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nncodec import NNCodec, format as fmt
 from nncodec.errors import CorruptStreamError, FormatError, NewerFormatError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +63,43 @@ def test_varint_round_trip():
         out = bytearray()
         fmt.put_varint(out, v)
         assert fmt.Reader(bytes(out)).varint() == v
+
+
+def test_lanes_split_coded_tiles_evenly():
+    from nncodec.entropy import LANE_VALUES, lane_count, lane_cuts
+
+    assert lane_count([73 * 144]) == 1  # a small chunk: one lane, as one stream before version 4
+    assert lane_count([65536] * 64) == 64 * 65536 // LANE_VALUES
+    assert lane_count([LANE_VALUES * 4] * 3) == 3  # never more lanes than tiles
+    for n, k in [(1, 1), (18, 5), (64, 16), (7, 7)]:
+        cuts = lane_cuts(n, k)
+        sizes = np.diff(cuts)
+        assert cuts[0] == 0 and cuts[-1] == n and sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
+
+
+@pytest.mark.parametrize("kwargs", [{"quality": 4, "tile": 32}, {"rel_error": 1e-3, "tile": 32}])
+def test_lanes_decode_to_the_same_values_as_one_stream(kwargs, monkeypatch):
+    """A chunk coded in many lanes (threads side by side) holds what one stream holds, at a
+    few bytes per lane; lanes are counted in the chunk, so any lane count decodes."""
+    from nncodec import entropy
+
+    field = np.load(DATA / "ferret_etopo5_relief.npz")["rose"][1000:1128, 2000:2192].astype(np.float32)
+    one = NNCodec(**kwargs).encode(field)  # 24 tiles, 24,576 values: one lane
+    monkeypatch.setattr(entropy, "LANE_VALUES", 2048)
+    many = NNCodec(**kwargs).encode(field)  # 12 lanes
+    assert np.array_equal(NNCodec().decode(one), NNCodec().decode(many))
+    assert 0 < len(many) - len(one) <= 12 * 12
+    monkeypatch.setattr(entropy, "LANE_VALUES", 1)
+    most = NNCodec(**kwargs).encode(field)  # one lane per tile
+    assert np.array_equal(NNCodec().decode(one), NNCodec().decode(most))
+
+
+def test_lane_count_beyond_the_tiles_is_corruption():
+    field = np.load(DATA / "ferret_etopo5_relief.npz")["rose"][1000:1064, 2000:2064].astype(np.float32)
+    header, payload = fmt.unpack(NNCodec(quality=4, tile=32).encode(field))
+    records = 4 * (1 + 8 + 1)  # four learned tiles, no mask: then the lane count
+    assert payload[records] == 1
+    for lanes in (0, 5):
+        bad = fmt.pack(header, bytes(payload[:records]) + bytes([lanes]) + bytes(payload[records + 1 :]))
+        with pytest.raises(CorruptStreamError, match="lanes"):
+            NNCodec().decode(bad)

@@ -175,6 +175,39 @@ def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
         np.testing.assert_array_equal(codec.decode(codec.encode(ts)), np.stack(values))
 
 
+def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):
+    """Lanes run on a thread pool; a child forked after its parent used the pool (as
+    multiprocessing does on Linux) starts its own rather than handing work to threads it
+    does not have. Residual-layer chunks decode without torch, whose own OpenMP threads
+    are not fork-safe: this runs in a process that never imports it."""
+    from nncodec import entropy
+
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts")[12, 0].astype(np.float32)
+    monkeypatch.setattr(entropy, "LANE_VALUES", 4096)
+    chunk = tmp_path / "chunk.bin"
+    # so tight a bound that every tile is residual-only: 9 tiles in 6 lanes
+    chunk.write_bytes(NNCodec(abs_error=1e-5 * float(np.ptp(ts)), tile=64).encode(ts))
+    np.save(tmp_path / "want.npy", NNCodec().decode(chunk.read_bytes()))
+    script = f"""
+import multiprocessing, sys
+import numpy as np
+from nncodec import NNCodec, entropy
+buf = open({str(chunk)!r}, "rb").read()
+want = np.load({str(tmp_path / "want.npy")!r})
+assert np.array_equal(NNCodec().decode(buf), want) and entropy._pool is not None
+
+def child(_):
+    return bool(np.array_equal(NNCodec().decode(buf), want))
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    print(pool.map_async(child, [0]).get(timeout=60)[0], "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})  # lanes on 2 threads
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
+
+
 def test_learned_chunks_decode_in_a_forked_child(tmp_path):
     """The tile pool too is the child's own after a fork. torch's OpenMP threads are not
     fork-safe (a parallel op in the child hangs, nncodec or not), so the child runs torch
