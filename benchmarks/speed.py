@@ -88,6 +88,9 @@ def stage_table(profiles: dict) -> list[str]:
             cells += ["", ""] if s is None else [f"{s:.3f}", f"{100 * s / profiles[op]['total']:.0f} %"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| total | {profiles['encode']['total']:.3f} | | {profiles['decode']['total']:.3f} | |")
+    lines += ["", "cProfile sees the calling thread only. A chunk's range-coded lanes (format v4: one per "
+              "2^18 values) run on several threads, so the range-coding rows count the calling thread's "
+              "lanes, and the other threads' lanes overlap it."]
     return lines
 
 
