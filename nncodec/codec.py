@@ -544,7 +544,7 @@ def _decode(header: fmt.Header, payload, device: str, model) -> np.ndarray:
     shape = header.shape
     if len(shape) < 2:
         raise CorruptStreamError("nncodec chunk has fewer than 2 dimensions; the chunk is damaged")
-    n_slices = int(np.prod(shape[:-2]))
+    n_slices = math.prod(shape[:-2])
     slices = np.empty((n_slices,) + shape[-2:], dtype=dtype)
     r = fmt.Reader(payload)
     tiles = []

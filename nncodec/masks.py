@@ -8,6 +8,7 @@ every value.
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -58,7 +59,7 @@ def decode_mask(r: Reader, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.
     body = Reader(zlib.decompress(bytes(r.take(r.varint())), -15))
     n_runs = body.varint()
     runs = np.array([body.varint() for _ in range(n_runs)], dtype=np.int64)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if runs.sum() != size:
         from .errors import CorruptStreamError
 

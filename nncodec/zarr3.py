@@ -156,7 +156,7 @@ class NNCodecV3(ArrayBytesCodec):
 def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
     """The decoded chunk in the shape and dtype the array expects; a mismatch is an error."""
     dtype = chunk_spec.dtype.to_native_dtype()
-    if decoded.size != int(np.prod(chunk_spec.shape)) or not np.can_cast(decoded.dtype, dtype, "equiv"):
+    if decoded.size != math.prod(chunk_spec.shape) or not np.can_cast(decoded.dtype, dtype, "equiv"):
         raise FormatError(
             f"nncodec chunk holds {decoded.dtype} {decoded.shape}, but the array expects {dtype} "
             f"{tuple(chunk_spec.shape)}: the chunk was written for another array (rewrite it)"
