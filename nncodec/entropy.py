@@ -157,7 +157,14 @@ def lane_threads() -> int:
     if torch is not None:
         return max(1, torch.get_num_threads())
     env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    return int(env) if env.isdigit() and int(env) > 0 else _usable_cores()
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, as on Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def run_lanes(func, n_lanes: int) -> list:
@@ -176,7 +183,7 @@ def run_lanes(func, n_lanes: int) -> list:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="nncodec-lane")
+            _pool = ThreadPoolExecutor(_usable_cores(), thread_name_prefix="nncodec-lane")
     others = [_pool.submit(share, j) for j in range(1, threads)]
     try:
         share(0)
