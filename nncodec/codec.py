@@ -29,11 +29,12 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from . import format as fmt
-from .entropy import StreamReader, StreamWriter, lane_count, lane_cuts, run_lanes
+from .entropy import StreamReader, StreamWriter, lane_count, lane_cuts
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
 from .residual import PREDICTORS, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
+from .threads import count as host_threads, side_by_side
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
 _HAS_RESIDUAL = 0x80  # NETWORK | this flag: a residual follows the network
@@ -229,9 +230,14 @@ class NNCodec(Codec):
             if rt is not None:
                 _encode_network(rt, net_tiles, slices, fin, quality, bound, step, data.dtype, self.refine)
             if bound is not None:
-                for t in tiles:
-                    if t.kind in (NETWORK, RESIDUAL):
-                        _finish_residual(t, slices, fin, step, data.dtype, rt)
+                # predictions (the network's float64 synthesis) one tile after another, then
+                # the residual coding side by side; as many tiles at a time as threads, so
+                # that few float64 predictions are held at once
+                coded, n = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)], host_threads()
+                for part in (coded[i : i + n] for i in range(0, len(coded), n)):
+                    preds = [_prediction(t, rt) for t in part]
+                    side_by_side(lambda i: _finish_residual(part[i], slices, fin, step, data.dtype, preds[i],
+                                                            rt.tables), len(part))
 
         if rt is not None and len(tiles) == 1:
             rt.one_tile(code)
@@ -397,9 +403,10 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=
             for i, t in enumerate(group):
                 t.quality, t.z, t.y, t.idx = q, sym["z"][i], sym["y"][i], sym["idx"][i]
             continue
-        # the residual layer alone, around the tile's minimum, is the bar to beat
-        best = [{"bits": _residual_bits(t, slices, fin, np.full(t.shape, float(t.offset)), step, rt.tables)[1]}
-                for t in group]
+        # the residual layer alone, around the tile's minimum, is the bar to beat (tiles side
+        # by side: the residual coder is a numba kernel that releases the GIL)
+        best = side_by_side(lambda i: {"bits": _residual_bits(group[i], slices, fin, np.full(group[i].shape, float(
+            group[i].offset)), step, rt.tables)[1]}, len(group))
         for q in [quality] if quality else _search_levels(rt.qualities):
             _try_level(rt, group, rt.quantise(y, q), q, best, slices, fin, step)
         if refine:
@@ -430,10 +437,14 @@ def _try_level(rt, group, sym, q, best, slices, fin, step) -> None:
     if not open_:
         return
     recon = rt.synthesise(sym["y"][open_], q, group[0].shape, reproducible=False)
-    for j, i in enumerate(open_):
-        t = group[i]
+
+    def residual_bits(j):
+        t = group[open_[j]]
         pred = recon[j].astype(np.float64) * float(t.scale) + float(t.offset)
-        bits = net_bits[i] + _residual_bits(t, slices, fin, pred, step, tables)[1]
+        return _residual_bits(t, slices, fin, pred, step, tables)[1]
+
+    for i, res_bits in zip(open_, side_by_side(residual_bits, len(open_))):
+        bits = net_bits[i] + res_bits
         if bits < best[i]["bits"]:
             best[i].update(bits=bits, q=q, z=sym["z"][i], y=sym["y"][i], idx=sym["idx"][i])
 
@@ -457,12 +468,12 @@ def _residual_bits(t, slices, fin, pred, step, tables):
     return best, np.inf if best is None else best.bits + 8
 
 
-def _finish_residual(t: _Tile, slices, fin, step, dtype, rt) -> None:
-    """Final prediction (float64 synthesis), residual symbols, and exact exceptions."""
+def _finish_residual(t: _Tile, slices, fin, step, dtype, pred, tables) -> None:
+    """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), and
+    exact exceptions."""
     v = slices[t.slice, t.rows, t.cols]
     finite = _tile_mask(t, fin)
-    pred = _prediction(t, rt)
-    code, _ = _residual_bits(t, slices, fin, pred, step, rt.tables)
+    code, _ = _residual_bits(t, slices, fin, pred, step, tables)
     if code is None:
         t.kind, t.residual, t.raw = RAW, None, v
         return
@@ -514,7 +525,7 @@ def _write_payload(tiles, mask_bytes, rt, dtype) -> bytes:
     if coded:
         n_lanes = lane_count([math.prod(t.shape) for t in coded])
         cuts = lane_cuts(len(coded), n_lanes)
-        streams = run_lanes(lambda k: _lane_stream(coded[cuts[k] : cuts[k + 1]], rt.tables), n_lanes)
+        streams = side_by_side(lambda k: _lane_stream(coded[cuts[k] : cuts[k + 1]], rt.tables), n_lanes)
         fmt.put_varint(out, n_lanes)
         for s in streams[:-1]:
             fmt.put_varint(out, len(s))
@@ -696,13 +707,13 @@ def _decode_stream(rt, coded, lanes: list[bytes], finite) -> None:
                 t.residual.k = decode_residual(readers[k].r, t.shape, _tile_mask(t, finite), t.residual.predictor)
 
     if nets:
-        run_lanes(hyper_latents, len(lanes))
+        side_by_side(hyper_latents, len(lanes))
         for shape, group in _groups(nets):
             y_shape, _ = rt.latent_shape(*shape)
             idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
             for t, i in zip(group, idx):
                 t.idx = i
-    run_lanes(latents_and_residuals, len(lanes))
+    side_by_side(latents_and_residuals, len(lanes))
 
 
 def _synthesise_plain(rt, tiles, slices, dtype, version: int) -> None:

@@ -4,7 +4,8 @@ A range-coded stream carries, in order, for the tiles it holds: the hyper-latent
 network tiles, their latents (with the scale indexes of :mod:`nncodec.hypersynthesis`),
 then the residual symbols of the error-bound layer. Up to format version 3 a chunk has one
 stream; from version 4 its coded tiles are split into *lanes*, consecutive runs of tiles
-with a stream each, which threads code side by side (:func:`lane_cuts`, :func:`run_lanes`).
+with a stream each, which threads code side by side (:func:`lane_cuts`,
+:func:`nncodec.threads.side_by_side`).
 Nothing here needs torch, so a chunk whose tiles use the residual layer alone decodes
 without it.
 """
@@ -12,10 +13,6 @@ without it.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -133,61 +130,3 @@ def lane_count(tile_values: list[int]) -> int:
 def lane_cuts(n_tiles: int, n_lanes: int) -> list[int]:
     """Lane k holds coded tiles ``cuts[k]:cuts[k + 1]`` (as even as whole tiles allow)."""
     return [k * n_tiles // n_lanes for k in range(n_lanes + 1)]
-
-
-_pool: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
-
-
-def _forget_in_child() -> None:
-    """A forked child has none of its parent's threads (see nncodec.models.tilepool)."""
-    global _pool, _lock
-    _pool, _lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-
-def lane_threads() -> int:
-    """Threads that code lanes side by side: torch's intra-op thread count where torch is
-    loaded (the size of nncodec's tile pool: 1 in Dask workers), else OMP_NUM_THREADS where
-    set (Dask's nannies set 1), else the cores this process may use. Not torch's own count
-    without torch: asking would import it."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return max(1, torch.get_num_threads())
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else _usable_cores()
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS has one, as on Linux)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def run_lanes(func, n_lanes: int) -> list:
-    """``[func(k) for k in range(n_lanes)]``, on up to :func:`lane_threads` threads side by
-    side (the calling thread one of them; the range coder's kernels release the GIL)."""
-    threads = min(n_lanes, lane_threads())
-    out = [None] * n_lanes
-
-    def share(j):
-        for k in range(j, n_lanes, threads):
-            out[k] = func(k)
-
-    if threads <= 1:
-        share(0)
-        return out
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_usable_cores(), thread_name_prefix="nncodec-lane")
-    others = [_pool.submit(share, j) for j in range(1, threads)]
-    try:
-        share(0)
-    finally:
-        for f in others:
-            f.result()  # re-raises a lane's error
-    return out

@@ -191,10 +191,10 @@ def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):
     script = f"""
 import multiprocessing, sys
 import numpy as np
-from nncodec import NNCodec, entropy
+from nncodec import NNCodec, threads
 buf = open({str(chunk)!r}, "rb").read()
 want = np.load({str(tmp_path / "want.npy")!r})
-assert np.array_equal(NNCodec().decode(buf), want) and entropy._pool is not None
+assert np.array_equal(NNCodec().decode(buf), want) and threads._pool is not None
 
 def child(_):
     return bool(np.array_equal(NNCodec().decode(buf), want))
