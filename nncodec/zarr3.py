@@ -174,4 +174,7 @@ def _cpu_tile_pool(device: str):
         return None
     from .models.runtime import resolve_device
 
-    return pool if resolve_device(device).type == "cpu" else None
+    try:
+        return pool if resolve_device(device).type == "cpu" else None
+    except ValueError:  # CUDA asked for where there is none: the coding itself says so, if it needs the device
+        return None

@@ -325,6 +325,8 @@ def test_old_compressor_spelling_error_as_documented(ts_ds, tmp_path, zarr_forma
 def test_v3_one_tile_chunks_decode_on_the_tile_pool(ts_ds):
     """Chunks of one tile go straight to nncodec's CPU tile pool (one hand-over fewer)
     and decode there to the same values as NNCodec.decode; larger chunks do not."""
+    import torch
+
     from nncodec.models import tilepool
     from nncodec.zarr3 import _cpu_tile_pool
 
@@ -333,6 +335,8 @@ def test_v3_one_tile_chunks_decode_on_the_tile_pool(ts_ds):
                           **CODECS[3](quality=QUALITY, device="cpu"))
     z[:] = field
     assert _cpu_tile_pool("cpu") is tilepool.started() is not None
+    if not torch.cuda.is_available():
+        assert _cpu_tile_pool("cuda") is None  # not the CPU's pool: the coding reports the missing device
     store = z.store._store_dict
     for i in range(field.shape[0]):
         raw = store[f"c/{i}/0/0"].to_bytes()
