@@ -13,6 +13,8 @@ import zlib
 
 import numpy as np
 
+from ._jit import kernel
+from .errors import CorruptStreamError
 from .format import Reader, put_varint
 
 _UNIFORM = 0
@@ -34,8 +36,8 @@ def encode_mask(values: np.ndarray) -> tuple[bytes, np.ndarray]:
         runs = np.concatenate(([0], runs))
     body = bytearray()
     put_varint(body, len(runs))
-    for n in runs.tolist():
-        put_varint(body, n)
+    packed_runs = np.empty(10 * len(runs), dtype=np.uint8)  # a varint of an int64 takes at most 10 bytes
+    body += packed_runs[: _put_varints(runs.astype(np.int64), packed_runs)].tobytes()
     bad = values.reshape(-1)[flat]
     raw = np.ascontiguousarray(bad).view(np.uint8).reshape(bad.size, -1)
     out = bytearray()
@@ -58,11 +60,11 @@ def decode_mask(r: Reader, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.
     uniform = bytes(r.take(dtype.itemsize)) if kind == _UNIFORM else None
     body = Reader(zlib.decompress(bytes(r.take(r.varint())), -15))
     n_runs = body.varint()
-    runs = np.array([body.varint() for _ in range(n_runs)], dtype=np.int64)
-    size = math.prod(shape)
-    if runs.sum() != size:
-        from .errors import CorruptStreamError
-
+    if n_runs > body.end - body.pos:  # every run takes a byte at least
+        raise CorruptStreamError("nncodec mask is truncated; the chunk is damaged")
+    runs = np.empty(n_runs, dtype=np.int64)
+    body.pos = _get_varints(np.frombuffer(body.buf, dtype=np.uint8), body.pos, runs)
+    if body.pos < 0 or (n_runs and runs.min() < 0) or runs.sum() != math.prod(shape):
         raise CorruptStreamError("nncodec mask does not cover the chunk; the chunk is damaged")
     state = np.zeros(len(runs), dtype=bool)
     state[1::2] = True
@@ -73,3 +75,40 @@ def decode_mask(r: Reader, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.
     else:
         values = np.frombuffer(bytes(body.take(count * dtype.itemsize)), dtype=dtype)
     return ~nonfinite.reshape(shape), values
+
+
+@kernel
+def _put_varints(values, out):
+    """``values`` (non-negative int64) as LEB128 varints into ``out``; returns the length."""
+    n = 0
+    for i in range(values.size):
+        v = np.uint64(values[i])
+        while v >= 0x80:
+            out[n] = np.uint8((v & np.uint64(0x7F)) | np.uint64(0x80))
+            v >>= np.uint64(7)
+            n += 1
+        out[n] = np.uint8(v)
+        n += 1
+    return n
+
+
+@kernel
+def _get_varints(buf, pos, out):
+    """Fill ``out`` with LEB128 varints read from ``buf`` at ``pos``; returns the position
+    after them, or -1 when ``buf`` ends first or a varint runs past 64 bits (as
+    ``format.Reader.varint`` refuses). One call for a mask's runs: thousands on a coastline."""
+    for i in range(out.size):
+        value, shift = np.uint64(0), 0
+        while True:
+            if pos >= buf.size:
+                return -1
+            byte = buf[pos]
+            pos += 1
+            value |= np.uint64(byte & 0x7F) << np.uint64(shift)
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                return -1
+        out[i] = np.int64(value)
+    return pos

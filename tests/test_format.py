@@ -103,3 +103,30 @@ def test_lane_count_beyond_the_tiles_is_corruption():
         bad = fmt.pack(header, bytes(payload[:records]) + bytes([lanes]) + bytes(payload[records + 1 :]))
         with pytest.raises(CorruptStreamError, match="lanes"):
             NNCodec().decode(bad)
+
+
+def test_damaged_mask_runs_are_corruption():
+    """The mask's run lengths (read in one compiled pass) must be whole varints that cover
+    the chunk exactly; anything else is a damaged chunk, never a crash or a wrong mask."""
+    import zlib
+
+    from nncodec.masks import decode_mask, encode_mask
+
+    sst = np.load(DATA / "ferret_coads_climatology.npz")["sst"][0].astype(np.float32)
+    good, finite = encode_mask(sst)
+    back, values = decode_mask(fmt.Reader(good), sst.shape, sst.dtype)
+    assert np.array_equal(back, finite) and np.isnan(values).all()
+
+    def with_body(body: bytes) -> bytes:
+        packed = zlib.compressobj(9, zlib.DEFLATED, -15)
+        packed = packed.compress(body) + packed.flush()
+        out = bytearray(good[:5])  # kind byte and the one NaN pattern
+        fmt.put_varint(out, len(packed))
+        return bytes(out + packed)
+
+    for body in (bytes([3, 5, 6]),  # 3 runs announced, 2 given
+                 bytes([1]) + bytes([0xFF] * 11),  # a varint past 64 bits
+                 bytes([2, 10, 10]),  # runs that do not cover 90 x 180
+                 bytes([200, 1])):  # more runs announced than bytes left
+        with pytest.raises(CorruptStreamError, match="mask"):
+            decode_mask(fmt.Reader(with_body(body)), sst.shape, sst.dtype)
