@@ -191,7 +191,7 @@ def small_chunk_budget(data: Path, repeats: int = 300) -> dict:
     its compute stages timed alone on a tile-pool thread as the codec runs them: the
     synthesis network, the integer hyper-synthesis, the range decoding of the chunk's
     symbols. What remains is Python around them and the hand-over to the pool."""
-    from nncodec.entropy import StreamReader, StreamWriter
+    from nncodec.entropy import StreamReader, StreamWriter, channel_indexes
     from nncodec.models import tilepool
     from nncodec.normalize import normalise_tile, tile_offset_scale
     from nncodec.weights import load
@@ -202,7 +202,7 @@ def small_chunk_budget(data: Path, repeats: int = 300) -> dict:
     finite = np.isfinite(x)
     norm = normalise_tile(x, finite, *tile_offset_scale(x, finite))
     sym = rt.quantise(rt.analyse(norm[None, None].astype(np.float32)), 4)
-    channels = np.broadcast_to(np.arange(sym["z"].shape[1])[:, None, None], sym["z"].shape[1:])
+    channels = channel_indexes(sym["z"].shape[1:])
     writer = StreamWriter(rt.tables)
     writer.z(sym["z"][0], channels)
     writer.y(sym["y"][0], sym["idx"][0])

@@ -29,7 +29,7 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from . import format as fmt
-from .entropy import StreamReader, StreamWriter, lane_count, lane_cuts
+from .entropy import StreamReader, StreamWriter, channel_indexes, lane_count, lane_cuts
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
@@ -429,7 +429,7 @@ def _try_level(rt, group, sym, q, best, slices, fin, step) -> None:
     fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place)."""
     tables = rt.tables
     net_bits = [
-        tables.symbol_bits("z", sym["z"][i], np.arange(sym["z"].shape[1])[:, None, None]).sum()
+        tables.symbol_bits("z", sym["z"][i], channel_indexes(sym["z"][i].shape)).sum()
         + tables.symbol_bits("y", sym["y"][i], sym["idx"][i]).sum()
         for i in range(len(group))
     ]
@@ -541,7 +541,7 @@ def _lane_stream(coded, tables) -> bytes:
     nets = [t for t in coded if t.kind == NETWORK]
     if nets:
         w.z(np.concatenate([t.z.ravel() for t in nets]),
-            np.concatenate([np.broadcast_to(np.arange(t.z.shape[0])[:, None, None], t.z.shape).ravel() for t in nets]))
+            np.concatenate([channel_indexes(t.z.shape).ravel() for t in nets]))
         w.y(np.concatenate([t.y.ravel() for t in nets]), np.concatenate([t.idx.ravel() for t in nets]))
     for t in coded:
         if t.residual is not None:
@@ -693,8 +693,7 @@ def _decode_stream(rt, coded, lanes: list[bytes], finite) -> None:
 
     def hyper_latents(k):
         n_z = rt.tables.medians.shape[0]
-        channels = [np.broadcast_to(np.arange(n_z)[:, None, None], (n_z,) + rt.latent_shape(*t.shape)[1])
-                    for t in lane_nets[k]]
+        channels = [channel_indexes((n_z,) + rt.latent_shape(*t.shape)[1]) for t in lane_nets[k]]
         for t, z in zip(lane_nets[k], readers[k].parts("z", channels)):
             t.z = z
 

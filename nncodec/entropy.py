@@ -78,6 +78,12 @@ def _residual_coder_tables() -> CoderTables:
     return CoderTables(*residual_tables())
 
 
+def channel_indexes(shape: tuple[int, ...]) -> np.ndarray:
+    """The table index of every hyper-latent of one tile, shape ``(C, h, w)``: its channel
+    (the factorised prior has one table per channel). A read-only broadcast view."""
+    return np.broadcast_to(np.arange(shape[0])[:, None, None], tuple(shape))
+
+
 class StreamWriter:
     """Collects (symbols, table indexes) groups; ``finish`` range-codes them in order."""
 
