@@ -60,3 +60,16 @@ def test_lanes_fixture_holds_several_lanes():
     """relief_f4_lanes (version 4) splits its 24 learned tiles into 6 range-coded lanes."""
     header, payload = fmt.unpack((FIXTURES / "v4" / "relief_f4_lanes.bin").read_bytes())
     assert header.version == 4 and payload[24 * (1 + 8 + 1)] == 6  # tile records (kind, offset, scale, level)
+
+
+def test_fixtures_decode_together_as_alone():
+    """NNCodec.decode_batch on every fixture of every version at once (learned, residual,
+    constant, all-NaN and raw tiles; float32, float64, int16; Fortran order; lanes):
+    each chunk decodes to exactly what it decodes to alone."""
+    bufs = [(FIXTURES / f"v{v}" / f"{n}.bin").read_bytes() for v, names in EXPECTED_CASES.items() for n in sorted(names)]
+    codec = NNCodec()
+    for buf, out in zip(bufs, codec.decode_batch(bufs), strict=True):
+        alone = codec.decode(buf)
+        assert out.dtype == alone.dtype and out.shape == alone.shape
+        assert out.flags.f_contiguous == alone.flags.f_contiguous
+        assert np.array_equal(out.view(f"u{out.itemsize}"), alone.view(f"u{alone.itemsize}"))
