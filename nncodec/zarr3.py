@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -137,8 +138,52 @@ class NNCodecV3(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        decoded = await self._off_loop(chunk_spec.shape, self._codec.decode, chunk_bytes.as_numpy_array())
+        """One chunk, decoded together with the other chunks waiting on this event loop
+        (:func:`_decode_waiting`): zarr reads several chunks at once (``async.concurrency``,
+        and ``codec_pipeline.batch_size`` per call), and the network tiles of small chunks
+        run much faster in shared batches. The values are those of the chunk decoded alone."""
+        loop = asyncio.get_running_loop()
+        waiting = _WAITING.setdefault(loop, {}).setdefault(self, [])
+        done = loop.create_future()
+        waiting.append((chunk_bytes.as_numpy_array(), chunk_spec.shape, done))
+        if len(waiting) == 1:
+            _DRAINS.add(loop.create_task(self._decode_waiting(waiting)))
+        decoded = await done
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(_as_chunk(decoded, chunk_spec))
+
+    async def decode(self, chunk_bytes_and_specs) -> list[NDBuffer | None]:
+        """A zarr batch of chunks (``codec_pipeline.batch_size``): all join the waiting
+        chunks at once (zarr's default would let ``async.concurrency`` in at a time)."""
+
+        async def one(chunk_bytes, chunk_spec):
+            return None if chunk_bytes is None else await self._decode_single(chunk_bytes, chunk_spec)
+
+        return list(await asyncio.gather(*(one(b, spec) for b, spec in chunk_bytes_and_specs)))
+
+    async def _decode_waiting(self, waiting: list) -> None:
+        """Decode the chunks in ``waiting`` (bytes, shape, future), as many at a time as
+        have arrived, until none is left. A chunk that fails is retried alone, so that
+        its error reaches its own reader only."""
+        try:
+            await asyncio.sleep(0)  # chunks whose bytes arrive in this turn of the loop join the batch
+            while waiting:
+                batch = waiting[:]
+                if len(batch) == 1:
+                    data, shape, done = batch[0]
+                    try:
+                        _settle(done, True, await self._off_loop(shape, self._codec.decode, data))
+                    except Exception as exc:
+                        _settle(done, False, exc)
+                else:
+                    results = await asyncio.to_thread(_decode_each, self._codec, [data for data, _, _ in batch])
+                    for (_, _, done), (ok, value) in zip(batch, results):
+                        _settle(done, ok, value)
+                del waiting[: len(batch)]
+        finally:
+            for _, _, done in waiting:  # only if this task was cancelled (the loop is closing)
+                done.cancel()
+            waiting.clear()
+            _DRAINS.discard(asyncio.current_task())
 
     async def _off_loop(self, shape, func, arg):
         """``func(arg)`` off the event loop (the network runs for a while), as zarr's
@@ -151,6 +196,35 @@ class NNCodecV3(ArrayBytesCodec):
         if pool is None:
             return await asyncio.to_thread(func, arg)
         return await asyncio.get_running_loop().run_in_executor(pool, func, arg)
+
+
+#: per event loop and codec, the chunks waiting to be decoded (see NNCodecV3._decode_single)
+_WAITING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DRAINS: set = set()  # the running drain tasks (the loop keeps only weak references to tasks)
+
+
+def _decode_each(codec: NNCodec, bufs: list) -> list[tuple[bool, object]]:
+    """(True, array) or (False, error) per chunk: all decoded together, or, if that
+    fails, each alone."""
+    try:
+        return [(True, a) for a in codec.decode_batch(bufs)]
+    except Exception:
+        out = []
+        for buf in bufs:
+            try:
+                out.append((True, codec.decode(buf)))
+            except Exception as exc:
+                out.append((False, exc))
+        return out
+
+
+def _settle(done: asyncio.Future, ok: bool, value) -> None:
+    if done.done():  # its reader was cancelled
+        return
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
 
 
 def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
