@@ -564,15 +564,11 @@ class _Parsed:
 
     header: fmt.Header
     tiles: list
+    coded: list  # the tiles whose symbols are range coded, in stream order
     slices: np.ndarray
     finite: np.ndarray | None
     fill: np.ndarray | None
     lanes: list
-
-    @property
-    def coded(self) -> list:
-        """The tiles whose symbols are range coded, in stream order."""
-        return [t for t in self.tiles if t.kind in (NETWORK, RESIDUAL)]
 
     def result(self) -> np.ndarray:
         out = self.slices.reshape(self.header.shape)
@@ -645,8 +641,8 @@ def _parse(header: fmt.Header, payload) -> _Parsed:
     finite = fill = None
     if header.has_nonfinite:
         finite, fill = decode_mask(r, shape, dtype)
-    n_coded = sum(t.kind in (NETWORK, RESIDUAL) for t in tiles)
-    return _Parsed(header, tiles, slices, finite, fill, _read_lanes(r, header.version, n_coded))
+    coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
+    return _Parsed(header, tiles, coded, slices, finite, fill, _read_lanes(r, header.version, len(coded)))
 
 
 def _read_lanes(r: fmt.Reader, version: int, n_coded: int) -> list[bytes]:
