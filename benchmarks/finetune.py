@@ -1,4 +1,4 @@
-"""Does fine-tuning pay? A shipped model against its fine-tuned child on held-out time steps.
+"""Does fine-tuning pay? A shipped model against its fine-tuned (or grown) child on held-out time steps.
 
 Both models code every held-out 2D slice (the last 15 % of the first axis, which the
 fine-tuning run never saw) at each quality level, and SZ3 codes the same slices at a
@@ -47,10 +47,10 @@ def main() -> None:
 
     sources = [parse_source(args.source)]
     slices = held_out_slices(sources, max_per_variable=args.max_slices)
-    n_levels = len(model_card(args.base)["architecture"]["lambdas"])
+    # a grown model (``train(..., grow=True)``) may have other levels than its parent
     curves = {
-        "base": validate_codec(resolve(args.base).path, sources, n_levels, max_per_variable=args.max_slices),
-        "tuned": validate_codec(args.tuned, sources, n_levels, max_per_variable=args.max_slices),
+        name: validate_codec(path, sources, len(model_card(path)["architecture"]["lambdas"]), max_per_variable=args.max_slices)
+        for name, path in (("base", resolve(args.base).path), ("tuned", args.tuned))
     }
     sz3 = {}
     for rel in SZ3_BOUNDS:
@@ -65,9 +65,9 @@ def main() -> None:
         "| level | base bpv | base PSNR | tuned bpv | tuned PSNR |",
         "|---|---|---|---|---|",
     ]
-    for q in curves["base"]:
-        b, t = curves["base"][q], curves["tuned"][q]
-        lines.append(f"| {q} | {b['bpv']:.3f} | {b['psnr']:.2f} | {t['bpv']:.3f} | {t['psnr']:.2f} |")
+    for q in sorted({*curves["base"], *curves["tuned"]}, key=lambda k: int(k[1:])):
+        cells = [f"{c[q]['bpv']:.3f} | {c[q]['psnr']:.2f}" if q in c else "- | -" for c in (curves["base"], curves["tuned"])]
+        lines.append(f"| {q} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
         f"- BD-rate tuned vs base: {_bd(curves['tuned'], curves['base'])}",

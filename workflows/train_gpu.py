@@ -14,7 +14,9 @@ Runs (each fits its whole schedule into ``--minutes`` of training, however fast 
   ``hyperprior-climate-v2`` with batch 64 (v2 saw batch 8), Adam 1e-4 to 1e-5.
 - ``highrate-grown``: ``hyperprior-climate-v2`` grown (``nncodec.train.widen``: the same
   function at the start) to 128 latent channels and a (96, 64, 32) synthesis, 5 quality
-  levels, lambda 5e4 .. 5e6, Adam 1e-4 to 1e-5. Not run on a GPU yet.
+  levels, lambda 5e4 .. 5e6, Adam 1e-4 to 1e-5, batch 128.
+- ``highrate-grown-wide``: v2 grown further: analysis 96 channels, 192 latent channels,
+  synthesis (128, 96, 48), 5 levels, lambda 2e4 .. 2e6, Adam 1e-4 to 1e-5, batch 128.
 
 Data: every 2D+ array of ``--data`` (default ``../shared/data``), the last 15 % of each
 array's first axis held out, as for the shipped CPU recipe (``train_shipped.py``).
@@ -33,9 +35,14 @@ RUNS = {
     "highrate": {"config": {**COMMON, "lr": 4e-4, "arch": {"N": 96, "M": 192, "Nh": 64, "synthesis": [96, 64, 32]},
                             "lambdas": [5e4, 1.5e5, 5e5, 1.5e6, 5e6, 1.5e7]}},
     "default-gpu": {"config": {**COMMON, "lr": 1e-4}, "init": "hyperprior-climate-v2"},
-    "highrate-grown": {"config": {**COMMON, "lr": 1e-4, "arch": {"N": 64, "M": 128, "Nh": 48, "synthesis": [96, 64, 32]},
+    "highrate-grown": {"config": {**COMMON, "lr": 1e-4, "batch": 128,
+                                  "arch": {"N": 64, "M": 128, "Nh": 48, "synthesis": [96, 64, 32]},
                                   "lambdas": [5e4, 1.5e5, 5e5, 1.5e6, 5e6]},
                        "init": "hyperprior-climate-v2", "grow": True},
+    "highrate-grown-wide": {"config": {**COMMON, "lr": 1e-4, "batch": 128,
+                                       "arch": {"N": 96, "M": 192, "Nh": 48, "synthesis": [128, 96, 48]},
+                                       "lambdas": [2e4, 6e4, 2e5, 6e5, 2e6]},
+                            "init": "hyperprior-climate-v2", "grow": True},
 }
 
 

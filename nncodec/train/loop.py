@@ -106,6 +106,16 @@ def rd_loss(model, x, mask, q):
     return loss, bpv, mse
 
 
+def _to_device(a: np.ndarray, device):
+    """A host batch on ``device``; to a GPU through pinned memory, without waiting for its queue."""
+    import torch
+
+    t = torch.from_numpy(a)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init: str | None = None, resume: bool = False, log=None,
           grow: bool = False):
     """Train (or fine-tune from ``init``) and write checkpoints to ``out``.
@@ -224,7 +234,7 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
             size = min(size, largest)
             batch = cfg.batch if not late else max(2, cfg.batch * cfg.crop**2 // cfg.crop_late**2)
             x, m = sampler.batch(size, batch)
-            x, m = torch.from_numpy(x).to(device), torch.from_numpy(m.astype(np.float32)).to(device)
+            x, m = _to_device(x, device), _to_device(m.astype(np.float32), device)
             q = torch.from_numpy(sampler.rng.integers(0, n_q, size=batch)).to(device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step, trained_s)
@@ -239,20 +249,21 @@ def train(sources, out: str | os.PathLike, cfg: TrainConfig | None = None, init:
             aux_opt.step()
             step += 1
             trained_s = trained_before + time.time() - start
-            run_bpv += float(bpv.detach().mean())
-            run_mse += float(mse.detach().mean())
+            # running sums stay on the device: a float() per step would make a GPU wait for the host
+            run_bpv = run_bpv + bpv.detach().mean()
+            run_mse = run_mse + mse.detach().mean()
             run_n += 1
             if cfg.target_bpp is not None and step % 20 == 0:
                 with torch.no_grad():
-                    model.lambdas[0] = steer_lambda(float(model.lambdas[0]), run_bpv / run_n, cfg.target_bpp)
+                    model.lambdas[0] = steer_lambda(float(model.lambdas[0]), float(run_bpv) / run_n, cfg.target_bpp)
                 cfg.lambdas = [float(model.lambdas[0])]  # the checkpoint and the card record the lambda reached
             if step % cfg.log_every == 0:
                 rate = cfg.log_every / (time.time() - since)
                 since = time.time()
                 where = (f"step {step} ({trained_s / 60:.1f} of {cfg.schedule_minutes:g} min)" if cfg.schedule_minutes
                          else f"step {step}/{cfg.steps}")
-                log(f"{where} loss {float(loss.detach()):.4f} bpv {run_bpv / run_n:.3f} "
-                    f"psnr {10 * math.log10(1 / max(run_mse / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step, trained_s):.2e} {rate:.1f} steps/s"
+                log(f"{where} loss {float(loss.detach()):.4f} bpv {float(run_bpv) / run_n:.3f} "
+                    f"psnr {10 * math.log10(1 / max(float(run_mse) / run_n, 1e-12)):.2f} dB lr {_lr_at(cfg, step, trained_s):.2e} {rate:.1f} steps/s"
                     + (f" lambda {cfg.lambdas[0]:.4g}" if cfg.target_bpp is not None else ""))
                 run_bpv, run_mse, run_n = 0.0, 0.0, 0
             if step % cfg.checkpoint_every == 0 or _progress(cfg, step, trained_s) >= 1.0:
