@@ -32,7 +32,7 @@ from . import format as fmt
 from .entropy import StreamReader, StreamWriter, channel_indexes, lane_count, lane_cuts
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
-from .normalize import DEFAULT_TILE, normalise_tile, tile_offset_scale, tiles_2d
+from .normalize import DEFAULT_TILE, denormalise_into, normalise_tile, tile_offset_scale, tiles_2d
 from .residual import PREDICTORS, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
 from .threads import count as host_threads, side_by_side
 
@@ -767,9 +767,9 @@ def _synthesise_plain(rt, chunks: list[_Parsed]) -> None:
     for (version, q), tiles in batches.items():
         for shape, group in _groups(tiles):
             xn = rt.synthesise(np.stack([t.y for t in group]), q, shape, version=version)
-            for t, x in zip(group, xn):
-                vals = x.astype(np.float64) * float(t.scale) + float(t.offset)
-                if t.dest.dtype.kind in "iu":
-                    info = np.iinfo(t.dest.dtype)
-                    vals = np.clip(np.rint(vals), info.min, info.max)
-                t.dest[t.slice, t.rows, t.cols] = vals
+
+            def write(k, group=group, xn=xn):
+                t = group[k]
+                denormalise_into(xn[k], t.offset, t.scale, t.dest[t.slice, t.rows, t.cols])
+
+            side_by_side(write, len(group))
