@@ -60,7 +60,10 @@ class _Tile:
     y: np.ndarray | None = None
     idx: np.ndarray | None = None
     raw: np.ndarray | None = None  # the values of a RAW tile, stored losslessly
-    dest: np.ndarray | None = None  # decoding: the stack of slices of the tile's chunk
+    #: the stack of slices of the tile's chunk: its values when encoding, where they go
+    #: when decoding; ``finite``: that stack's mask of finite values (None: all finite)
+    dest: np.ndarray | None = None
+    finite: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -199,6 +202,18 @@ class NNCodec(Codec):
         batches this way (zarr's ``codec_pipeline.batch_size``)."""
         return _decode_chunks([fmt.unpack(_as_bytes(b)) for b in bufs], self.device, self.model)
 
+    def encode_batch(self, bufs) -> list[bytes]:
+        """Encode several chunks at once: for each the bytes :meth:`encode` writes (on the
+        CPU exactly those; on a GPU, whose kernels may round differently in larger batches,
+        bytes of the same quality), faster for many small chunks, whose network tiles run
+        in shared batches. Error-bounded and ``target_psnr`` modes, and ``refine`` (whose
+        random draws are shared by a batch), code chunk by chunk. ``NNCodecV3`` writes
+        zarr batches this way."""
+        arrs = [_input_array(b) for b in bufs]
+        if self.target_psnr is not None or self.abs_error is not None or self.rel_error is not None or self.refine:
+            return [self.encode(a) for a in arrs]
+        return self._encode_planned([_plan_chunk(a, self.tile) for a in arrs], self.quality, None)
+
     # -- encoding ------------------------------------------------------------------------
     def _runtime(self):
         from .weights import load
@@ -206,16 +221,13 @@ class NNCodec(Codec):
         return load(self.model, self.device)
 
     def _encode(self, arr: np.ndarray, quality, bound) -> bytes:
-        fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
-        data = np.ascontiguousarray(arr)
-        has_nonfinite = data.dtype.kind == "f" and not np.isfinite(data).all()
-        mask_bytes, finite_all = encode_mask(data) if has_nonfinite else (b"", None)
-        slices = data.reshape((-1,) + data.shape[-2:])
-        fin = finite_all.reshape(slices.shape) if finite_all is not None else None
-        tiles = []
-        for s in range(slices.shape[0]):
-            for rs, cs in tiles_2d(slices.shape[1:], self.tile):
-                tiles.append(_plan_tile(_Tile(s, rs, cs), slices, fin))
+        (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound)
+        return buf
+
+    def _encode_planned(self, chunks: list[_Planned], quality, bound) -> list[bytes]:
+        """The bytes of planned chunks, their network tiles analysed in shared batches.
+        With an error ``bound`` (one chunk's), a single chunk."""
+        tiles = [t for c in chunks for t in c.tiles]
         net_tiles = [t for t in tiles if t.kind == NETWORK]
         rt = self._runtime() if net_tiles else None
         if rt is not None:
@@ -228,14 +240,16 @@ class NNCodec(Codec):
             ref = resolve(self.model)
         step = None
         if bound is not None:
-            finite_vals = data[finite_all] if finite_all is not None else data
+            (chunk,) = chunks
+            data = chunk.data
+            finite_vals = data[chunk.finite] if chunk.finite is not None else data
             max_abs = float(np.abs(finite_vals).max()) if finite_vals.size else 0.0
             max_scale = max([float(t.scale) for t in net_tiles], default=0.0)
             step = quantisation_step(bound, data.dtype, max_abs, max_scale, uses_network=bool(net_tiles))
 
         def code():
             if rt is not None:
-                _encode_network(rt, net_tiles, slices, fin, quality, bound, step, data.dtype, self.refine)
+                _encode_network(rt, net_tiles, quality, bound, step, self.refine)
             if bound is not None:
                 # predictions (the network's float64 synthesis) one tile after another, then
                 # the residual coding side by side; as many tiles at a time as threads, so
@@ -243,19 +257,21 @@ class NNCodec(Codec):
                 coded, n = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)], host_threads()
                 for part in (coded[i : i + n] for i in range(0, len(coded), n)):
                     preds = [_prediction(t, rt) for t in part]
-                    side_by_side(lambda i: _finish_residual(part[i], slices, fin, step, data.dtype, preds[i],
-                                                            rt.tables), len(part))
+                    side_by_side(lambda i: _finish_residual(part[i], step, preds[i], rt.tables), len(part))
 
         if rt is not None and len(tiles) == 1:
             rt.one_tile(code)
         else:
             code()
-        header = fmt.Header(
-            version=fmt.FORMAT_VERSION, dtype=data.dtype, shape=data.shape, fortran_order=fortran,
-            has_nonfinite=has_nonfinite, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
-            bound=None if bound is None else float(bound), step=None if bound is None else float(step),
-        )
-        return fmt.pack(header, _write_payload(tiles, mask_bytes, rt, data.dtype))
+        out = []
+        for c in chunks:
+            header = fmt.Header(
+                version=fmt.FORMAT_VERSION, dtype=c.data.dtype, shape=c.data.shape, fortran_order=c.fortran,
+                has_nonfinite=c.finite is not None, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
+                bound=None if bound is None else float(bound), step=None if bound is None else float(step),
+            )
+            out.append(fmt.pack(header, _write_payload(c.tiles, c.mask_bytes, rt, c.data.dtype)))
+        return out
 
     def _encode_target_psnr(self, arr: np.ndarray) -> bytes:
         data = np.asarray(arr, dtype=np.float64)
@@ -338,14 +354,42 @@ def _input_array(buf) -> np.ndarray:
     return arr
 
 
-def _tile_mask(t: _Tile, fin) -> np.ndarray:
-    """The finite-value mask of tile ``t`` (``fin``: the chunk's mask, None if all finite)."""
-    return fin[t.slice, t.rows, t.cols] if fin is not None else np.ones(t.shape, bool)
+@dataclass
+class _Planned:
+    """One chunk to encode: its values (C order), its tiles (kinds and side information
+    chosen), its mask of finite values (None: all finite) and that mask's bytes."""
+
+    data: np.ndarray
+    fortran: bool
+    tiles: list
+    finite: np.ndarray | None
+    mask_bytes: bytes
 
 
-def _plan_tile(t: _Tile, slices: np.ndarray, fin) -> _Tile:
-    v = slices[t.slice, t.rows, t.cols]
-    finite = _tile_mask(t, fin)
+def _plan_chunk(arr: np.ndarray, tile: int) -> _Planned:
+    fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    data = np.ascontiguousarray(arr)
+    has_nonfinite = data.dtype.kind == "f" and not np.isfinite(data).all()
+    mask_bytes, finite = encode_mask(data) if has_nonfinite else (b"", None)
+    slices = data.reshape((-1,) + data.shape[-2:])
+    fin = finite.reshape(slices.shape) if finite is not None else None
+    tiles = [_plan_tile(_Tile(s, rs, cs, dest=slices, finite=fin))
+             for s in range(slices.shape[0]) for rs, cs in tiles_2d(slices.shape[1:], tile)]
+    return _Planned(data, fortran, tiles, finite, mask_bytes)
+
+
+def _tile_mask(t: _Tile) -> np.ndarray:
+    """The finite-value mask of tile ``t``."""
+    return t.finite[t.slice, t.rows, t.cols] if t.finite is not None else np.ones(t.shape, bool)
+
+
+def _tile_values(t: _Tile) -> np.ndarray:
+    return t.dest[t.slice, t.rows, t.cols]
+
+
+def _plan_tile(t: _Tile) -> _Tile:
+    v = _tile_values(t)
+    finite = _tile_mask(t)
     if not finite.any():
         t.kind = EMPTY
         return t
@@ -379,13 +423,11 @@ def _groups(tiles):
             yield shape, group[i : i + per]
 
 
-def _normalised(t: _Tile, slices, fin) -> np.ndarray:
-    v = slices[t.slice, t.rows, t.cols]
-    finite = _tile_mask(t, fin)
-    return normalise_tile(v, finite, t.offset, t.scale)
+def _normalised(t: _Tile) -> np.ndarray:
+    return normalise_tile(_tile_values(t), _tile_mask(t), t.offset, t.scale)
 
 
-def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=0) -> None:
+def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
     """Analyse network tiles in batches; pick levels (and residual use) per tile.
 
     In error-bounded modes a tile keeps the network only where network bits plus residual
@@ -401,9 +443,10 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=
     same either way.
     """
     for shape, group in _groups(tiles):
-        x = np.stack([_normalised(t, slices, fin) for t in group])[:, None]
+        x = np.stack([_normalised(t) for t in group])[:, None]
         y = rt.analyse(x)
-        mask = None if fin is None or not refine else np.stack([_tile_mask(t, fin) for t in group])[:, None]
+        masked = any(t.finite is not None for t in group)
+        mask = None if not masked or not refine else np.stack([_tile_mask(t) for t in group])[:, None]
         if bound is None:
             q = quality or DEFAULT_QUALITY
             sym = rt.refine(x, mask, y, q, refine) if refine else rt.quantise(y, q)
@@ -412,10 +455,10 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=
             continue
         # the residual layer alone, around the tile's minimum, is the bar to beat (tiles side
         # by side: the residual coder is a numba kernel that releases the GIL)
-        best = side_by_side(lambda i: {"bits": _residual_bits(group[i], slices, fin, np.full(group[i].shape, float(
+        best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
             group[i].offset)), step, rt.tables)[1]}, len(group))
         for q in [quality] if quality else _search_levels(rt.qualities):
-            _try_level(rt, group, rt.quantise(y, q), q, best, slices, fin, step)
+            _try_level(rt, group, rt.quantise(y, q), q, best, step)
         if refine:
             by_q = {}
             for i, c in enumerate(best):
@@ -423,7 +466,7 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=
                     by_q.setdefault(c["q"], []).append(i)
             for q, sub in by_q.items():
                 sym = rt.refine(x[sub], None if mask is None else mask[sub], y[sub], q, refine)
-                _try_level(rt, [group[i] for i in sub], sym, q, [best[i] for i in sub], slices, fin, step)
+                _try_level(rt, [group[i] for i in sub], sym, q, [best[i] for i in sub], step)
         for t, c in zip(group, best):
             if "q" not in c:
                 t.kind = RESIDUAL
@@ -431,7 +474,7 @@ def _encode_network(rt, tiles, slices, fin, quality, bound, step, dtype, refine=
                 t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
 
 
-def _try_level(rt, group, sym, q, best, slices, fin, step) -> None:
+def _try_level(rt, group, sym, q, best, step) -> None:
     """Where the network at level ``q`` (symbols ``sym``) plus the residual layer costs
     fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place)."""
     tables = rt.tables
@@ -448,7 +491,7 @@ def _try_level(rt, group, sym, q, best, slices, fin, step) -> None:
     def residual_bits(j):
         t = group[open_[j]]
         pred = recon[j].astype(np.float64) * float(t.scale) + float(t.offset)
-        return _residual_bits(t, slices, fin, pred, step, tables)[1]
+        return _residual_bits(t, pred, step, tables)[1]
 
     for i, res_bits in zip(open_, side_by_side(residual_bits, len(open_))):
         bits = net_bits[i] + res_bits
@@ -461,10 +504,10 @@ def _search_levels(top: int) -> list[int]:
     return sorted(set(range(1, top + 1, 2)) | {top})
 
 
-def _residual_bits(t, slices, fin, pred, step, tables):
+def _residual_bits(t, pred, step, tables):
     """(code, estimated bits) of the cheaper residual predictor for a tile; (None, inf) if none fits."""
-    v = slices[t.slice, t.rows, t.cols].astype(np.float64)
-    finite = _tile_mask(t, fin)
+    v = _tile_values(t).astype(np.float64)
+    finite = _tile_mask(t)
     if step == 0:
         return None, np.inf
     y = np.where(finite, (np.where(finite, v, 0.0) - pred) / step, 0.0)
@@ -475,18 +518,18 @@ def _residual_bits(t, slices, fin, pred, step, tables):
     return best, np.inf if best is None else best.bits + 8
 
 
-def _finish_residual(t: _Tile, slices, fin, step, dtype, pred, tables) -> None:
+def _finish_residual(t: _Tile, step, pred, tables) -> None:
     """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), and
     exact exceptions."""
-    v = slices[t.slice, t.rows, t.cols]
-    finite = _tile_mask(t, fin)
-    code, _ = _residual_bits(t, slices, fin, pred, step, tables)
+    v = _tile_values(t)
+    finite = _tile_mask(t)
+    code, _ = _residual_bits(t, pred, step, tables)
     if code is None:
         t.kind, t.residual, t.raw = RAW, None, v
         return
-    out = reconstruct(pred, code.k, step, dtype)
+    out = reconstruct(pred, code.k, step, v.dtype)
     err = np.abs(out.astype(np.float64) - v.astype(np.float64))
-    bound = step / 2 if dtype.kind == "f" else np.floor(step / 2)
+    bound = step / 2 if v.dtype.kind == "f" else np.floor(step / 2)
     bad = np.flatnonzero((err > bound) & finite)
     t.residual = code
     t.exceptions = (bad, v.reshape(-1)[bad])
@@ -641,6 +684,9 @@ def _parse(header: fmt.Header, payload) -> _Parsed:
     finite = fill = None
     if header.has_nonfinite:
         finite, fill = decode_mask(r, shape, dtype)
+        fin = finite.reshape(slices.shape)
+        for t in tiles:  # non-finite positions carry no residual symbols
+            t.finite = fin
     coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     return _Parsed(header, tiles, coded, slices, finite, fill, _read_lanes(r, header.version, len(coded)))
 
@@ -715,16 +761,15 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
     """Symbols of the chunks' coded tiles from their lanes' streams, all lanes side by
     side: every lane's hyper-latents, then the scale indexes of all network tiles
     (batched per tile shape), then every lane's latents and residual symbols."""
-    lanes = []  # (reader, the lane's coded tiles, its chunk's mask as slices or None)
+    lanes = []  # (reader, the lane's coded tiles)
     for c in chunks:
         coded = c.coded
         if not coded:  # no lanes, or (before version 4) a stream of no symbols
             continue
-        finite = c.finite.reshape(c.slices.shape) if c.finite is not None else None
         cuts = lane_cuts(len(coded), len(c.lanes))
         for k, data in enumerate(c.lanes):
-            lanes.append((StreamReader(None if rt is None else rt.tables, data), coded[cuts[k] : cuts[k + 1]], finite))
-    lane_nets = [[t for t in ts if t.kind == NETWORK] for _, ts, _ in lanes]
+            lanes.append((StreamReader(None if rt is None else rt.tables, data), coded[cuts[k] : cuts[k + 1]]))
+    lane_nets = [[t for t in ts if t.kind == NETWORK] for _, ts in lanes]
     nets = [t for ts in lane_nets for t in ts]
     for t in nets:
         if not 1 <= t.quality <= rt.qualities:
@@ -737,13 +782,13 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
             t.z = z
 
     def latents_and_residuals(k):
-        reader, tiles, finite = lanes[k]
+        reader, tiles = lanes[k]
         for t, y in zip(lane_nets[k], reader.parts("y", [t.idx for t in lane_nets[k]])):
             t.y = y
         for t in tiles:
             if t.residual is not None:
                 # non-finite positions carry no residual symbols: the mask is known before the stream
-                t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t, finite), t.residual.predictor)
+                t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t), t.residual.predictor)
 
     if nets:
         side_by_side(hyper_latents, len(lanes))

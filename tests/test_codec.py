@@ -242,3 +242,30 @@ def test_residual_only_chunks_decode_without_the_weights(tmp_path, ts_field):
     mine.unlink()
     with pytest.raises(ModelError, match="user's own weights file"):
         NNCodec().decode(buf)
+
+
+def test_encode_batch_writes_each_chunks_own_bytes():
+    """NNCodec.encode_batch on a mix of chunks (one-tile and multi-tile, land NaN, int16,
+    Fortran order, constant, all-NaN, 4-D): each chunk's bytes are those encode writes for
+    it alone (on the CPU every tile is analysed alone, whatever the batch), and decode."""
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts").reshape(-1, 145, 192).astype(np.float32)
+    sst = load_field("ferret_coads_climatology.npz", "sst").astype(np.float32)
+    vort = load_field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity").astype(np.float32)
+    relief = load_field("ferret_etopo5_relief.npz", "rose")
+    chunks = [vort[0], vort[1], ts[:3], sst[4], relief[1000:1300, 2000:2300].astype(np.int16),
+              np.asfortranarray(ts[5, :100, :120]), np.full((9, 11), 2.5, np.float32),
+              np.full((20, 30), np.nan, np.float32), ts[6:10].reshape(2, 2, 145, 192), vort[2, :40, :50]]
+    for codec in (NNCodec(quality=2), NNCodec(quality=6, refine=1)):
+        bufs = codec.encode_batch(chunks)
+        assert bufs == [codec.encode(c) for c in chunks]
+        for c, out in zip(chunks, codec.decode_batch(bufs)):
+            assert out.shape == c.shape and out.dtype == c.dtype
+            assert np.array_equal(np.isnan(out), np.isnan(c)) if c.dtype.kind == "f" else True
+
+
+def test_encode_batch_in_error_bounded_mode_codes_chunk_by_chunk():
+    vort = load_field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity")[:3].astype(np.float32)
+    codec = NNCodec(rel_error=1e-3)
+    assert codec.encode_batch(list(vort)) == [codec.encode(v) for v in vort]
+    with pytest.raises(TypeError, match="cast the data"):
+        codec.encode_batch([vort[0], vort[1].astype(np.complex64)])
