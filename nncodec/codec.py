@@ -210,9 +210,13 @@ class NNCodec(Codec):
         random draws are shared by a batch), code chunk by chunk. ``NNCodecV3`` writes
         zarr batches this way."""
         arrs = [_input_array(b) for b in bufs]
-        if self.target_psnr is not None or self.abs_error is not None or self.rel_error is not None or self.refine:
+        if not self._encodes_in_batches():
             return [self.encode(a) for a in arrs]
         return self._encode_planned([_plan_chunk(a, self.tile) for a in arrs], self.quality, None)
+
+    def _encodes_in_batches(self) -> bool:
+        """Whether :meth:`encode_batch` shares network batches across chunks (learned mode)."""
+        return self.target_psnr is None and self.abs_error is None and self.rel_error is None and not self.refine
 
     # -- encoding ------------------------------------------------------------------------
     def _runtime(self):

@@ -134,55 +134,71 @@ class NNCodecV3(ArrayBytesCodec):
 
     # -- coding --------------------------------------------------------------------------
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
-        encoded = await self._off_loop(chunk_spec.shape, self._codec.encode, chunk_array.as_numpy_array())
+        """One chunk; in learned mode a chunk of one tile is encoded together with the
+        other such chunks waiting on this event loop (see :meth:`_decode_single`), to the
+        bytes it gets alone."""
+        data = chunk_array.as_numpy_array()
+        encoded = await self._coded("encode", data, chunk_spec.shape, self._codec._encodes_in_batches())
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         """One chunk; a chunk of one tile is decoded together with the other such chunks
-        waiting on this event loop (:func:`_decode_waiting`): zarr reads several chunks at
-        once (``async.concurrency``, and ``codec_pipeline.batch_size`` per call), and the
+        waiting on this event loop (:meth:`_drain`): zarr reads several chunks at once
+        (``async.concurrency``, and ``codec_pipeline.batch_size`` per call), and the
         network tiles of small chunks run much faster in shared batches. The values are
         those of the chunk decoded alone."""
-        data = chunk_bytes.as_numpy_array()
-        if self._one_tile(chunk_spec.shape):
-            loop = asyncio.get_running_loop()
-            waiting = _WAITING.setdefault(loop, {}).setdefault(self, [])
-            done = loop.create_future()
-            waiting.append((data, chunk_spec.shape, done))
-            if len(waiting) == 1:
-                _DRAINS.add(loop.create_task(self._decode_waiting(waiting)))
-            decoded = await done
-        else:
-            # a larger chunk's tiles already fill the pool; such chunks decode side by side
-            # (measured: batching eight 1024 x 1024 chunks was a fifth slower)
-            decoded = await self._off_loop(chunk_spec.shape, self._codec.decode, data)
+        decoded = await self._coded("decode", chunk_bytes.as_numpy_array(), chunk_spec.shape, True)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(_as_chunk(decoded, chunk_spec))
 
-    async def decode(self, chunk_bytes_and_specs) -> list[NDBuffer | None]:
+    async def _coded(self, op: str, data, shape, batches: bool):
+        """``NNCodec.<op>(data)`` (``op``: "encode" or "decode"), through the chunks waiting
+        on this event loop for the same codec and operation when ``batches`` and the chunk
+        is one tile."""
+        if not (batches and self._one_tile(shape)):
+            # a larger chunk's tiles already fill the pool; such chunks are coded side by side
+            # (measured: batching eight 1024 x 1024 chunks was a fifth slower)
+            return await self._off_loop(shape, getattr(self._codec, op), data)
+        loop = asyncio.get_running_loop()
+        waiting = _WAITING.setdefault(loop, {}).setdefault((self, op), [])
+        done = loop.create_future()
+        waiting.append((data, shape, done))
+        if len(waiting) == 1:
+            _DRAINS.add(loop.create_task(self._drain(op, waiting)))
+        return await done
+
+    async def encode(self, chunks_and_specs) -> list[Buffer | None]:
         """A zarr batch of chunks (``codec_pipeline.batch_size``): all join the waiting
         chunks at once (zarr's default would let ``async.concurrency`` in at a time)."""
+
+        async def one(chunk_array, chunk_spec):
+            return None if chunk_array is None else await self._encode_single(chunk_array, chunk_spec)
+
+        return list(await asyncio.gather(*(one(a, spec) for a, spec in chunks_and_specs)))
+
+    async def decode(self, chunk_bytes_and_specs) -> list[NDBuffer | None]:
+        """A zarr batch of chunks, as :meth:`encode`."""
 
         async def one(chunk_bytes, chunk_spec):
             return None if chunk_bytes is None else await self._decode_single(chunk_bytes, chunk_spec)
 
         return list(await asyncio.gather(*(one(b, spec) for b, spec in chunk_bytes_and_specs)))
 
-    async def _decode_waiting(self, waiting: list) -> None:
-        """Decode the chunks in ``waiting`` (bytes, shape, future), as many at a time as
-        have arrived, until none is left. A chunk that fails is retried alone, so that
-        its error reaches its own reader only."""
+    async def _drain(self, op: str, waiting: list) -> None:
+        """Code the chunks in ``waiting`` (data, shape, future), as many at a time as have
+        arrived, until none is left. A chunk that fails is retried alone, so that its
+        error reaches its own reader or writer only."""
         try:
-            await asyncio.sleep(0)  # chunks whose bytes arrive in this turn of the loop join the batch
+            await asyncio.sleep(0)  # chunks that arrive in this turn of the loop join the batch
             while waiting:
                 batch = waiting[:]
                 if len(batch) == 1:
                     data, shape, done = batch[0]
                     try:
-                        _settle(done, True, await self._off_loop(shape, self._codec.decode, data))
+                        _settle(done, True, await self._off_loop(shape, getattr(self._codec, op), data))
                     except Exception as exc:
                         _settle(done, False, exc)
                 else:
-                    results = await asyncio.to_thread(_decode_each, self._codec, [data for data, _, _ in batch])
+                    results = await asyncio.to_thread(_each, self._codec, op, [data for data, _, _ in batch])
                     for (_, _, done), (ok, value) in zip(batch, results):
                         _settle(done, ok, value)
                 del waiting[: len(batch)]
@@ -208,21 +224,21 @@ class NNCodecV3(ArrayBytesCodec):
         return await asyncio.get_running_loop().run_in_executor(pool, func, arg)
 
 
-#: per event loop and codec, the chunks waiting to be decoded (see NNCodecV3._decode_single)
+#: per event loop, codec and operation, the chunks waiting to be coded (NNCodecV3._coded)
 _WAITING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DRAINS: set = set()  # the running drain tasks (the loop keeps only weak references to tasks)
 
 
-def _decode_each(codec: NNCodec, bufs: list) -> list[tuple[bool, object]]:
-    """(True, array) or (False, error) per chunk: all decoded together, or, if that
-    fails, each alone."""
+def _each(codec: NNCodec, op: str, items: list) -> list[tuple[bool, object]]:
+    """(True, result) or (False, error) per chunk of ``codec.<op>``: all coded together
+    (``<op>_batch``), or, if that fails, each alone."""
     try:
-        return [(True, a) for a in codec.decode_batch(bufs)]
+        return [(True, r) for r in getattr(codec, f"{op}_batch")(items)]
     except Exception:
         out = []
-        for buf in bufs:
+        for item in items:
             try:
-                out.append((True, codec.decode(buf)))
+                out.append((True, getattr(codec, op)(item)))
             except Exception as exc:
                 out.append((False, exc))
         return out

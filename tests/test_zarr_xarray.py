@@ -351,40 +351,59 @@ def test_v3_one_tile_chunks_decode_on_the_tile_pool(ts_ds):
     assert names[0].startswith("nncodec-tile") and not any(n.startswith("nncodec-tile") for n in names[1:])
 
 
-def test_v3_small_chunks_decode_in_shared_batches(tmp_path):
+def _spy_batches(monkeypatch):
+    """Sizes of the batches NNCodecV3 codes together, per operation."""
+    import nncodec.zarr3 as zarr3
+
+    sizes = {"encode": [], "decode": []}
+    each = zarr3._each
+
+    def spy(codec, op, items):
+        sizes[op].append(len(items))
+        return each(codec, op, items)
+
+    monkeypatch.setattr(zarr3, "_each", spy)
+    return sizes
+
+
+def test_v3_small_chunks_are_written_in_shared_batches(tmp_path, monkeypatch):
+    """Chunks written at the same time are encoded together (their tiles share network
+    batches): with zarr's defaults and with a zarr batch size, every chunk file holds the
+    bytes NNCodec.encode writes for it alone."""
+    field = _field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity").astype("f4").reshape(-1, 73, 144)[:24]
+    alone = [NNCodec(quality=QUALITY).encode(f[None]) for f in field]
+    sizes = _spy_batches(monkeypatch)
+    for batch_size in (1, 8):
+        with zarr.config.set({"codec_pipeline.batch_size": batch_size}):
+            z = zarr.create_array(tmp_path / f"b{batch_size}.zarr", shape=field.shape, chunks=(1, 73, 144), dtype="f4",
+                                  fill_value=np.nan, **CODECS[3](quality=QUALITY))
+            z[:] = field
+        assert [(tmp_path / f"b{batch_size}.zarr" / "c" / str(i) / "0" / "0").read_bytes() for i in range(24)] == alone
+    assert max(sizes["encode"]) > 1  # the chunks did share batches
+
+
+def test_v3_small_chunks_decode_in_shared_batches(tmp_path, monkeypatch):
     """Chunks read at the same time decode together (their tiles share network batches):
     with zarr's defaults and with a zarr batch size, every chunk holds exactly what
     NNCodec.decode gives it alone, and a damaged chunk fails its own read only."""
-    import nncodec.zarr3 as zarr3
-
     field = _field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity").astype("f4").reshape(-1, 73, 144)[:24]
     z = zarr.create_array(tmp_path / "v.zarr", shape=field.shape, chunks=(1, 73, 144), dtype="f4",
                           fill_value=np.nan, **CODECS[3](quality=QUALITY))
     z[:] = field
     alone = np.stack([NNCodec().decode((tmp_path / "v.zarr" / "c" / str(i) / "0" / "0").read_bytes())[0]
                       for i in range(len(field))])
-    sizes = []
-    batch = zarr3._decode_each
-
-    def spy(codec, bufs):
-        sizes.append(len(bufs))
-        return batch(codec, bufs)
-
-    zarr3._decode_each = spy
-    try:
-        for batch_size in (1, 8):
-            with zarr.config.set({"codec_pipeline.batch_size": batch_size}):
-                back = zarr.open_array(tmp_path / "v.zarr", mode="r")[:]
-            assert np.array_equal(back, alone, equal_nan=True)
-        assert max(sizes) > 1  # the chunks did share batches
-        bad = tmp_path / "v.zarr" / "c" / "5" / "0" / "0"
-        raw = bytearray(bad.read_bytes())
-        raw[-3] ^= 0xFF
-        bad.write_bytes(bytes(raw))
-        with zarr.config.set({"codec_pipeline.batch_size": 8}):
-            arr = zarr.open_array(tmp_path / "v.zarr", mode="r")
-            with pytest.raises(FormatError, match="damaged|checksum"):
-                arr[:]
-            assert np.array_equal(arr[6:], alone[6:], equal_nan=True)
-    finally:
-        zarr3._decode_each = batch
+    sizes = _spy_batches(monkeypatch)
+    for batch_size in (1, 8):
+        with zarr.config.set({"codec_pipeline.batch_size": batch_size}):
+            back = zarr.open_array(tmp_path / "v.zarr", mode="r")[:]
+        assert np.array_equal(back, alone, equal_nan=True)
+    assert max(sizes["decode"]) > 1  # the chunks did share batches
+    bad = tmp_path / "v.zarr" / "c" / "5" / "0" / "0"
+    raw = bytearray(bad.read_bytes())
+    raw[-3] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    with zarr.config.set({"codec_pipeline.batch_size": 8}):
+        arr = zarr.open_array(tmp_path / "v.zarr", mode="r")
+        with pytest.raises(FormatError, match="damaged|checksum"):
+            arr[:]
+        assert np.array_equal(arr[6:], alone[6:], equal_nan=True)
