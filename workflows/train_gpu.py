@@ -19,7 +19,9 @@ Runs (each fits its whole schedule into ``--minutes`` of training, however fast 
   synthesis (128, 96, 48), 5 levels, lambda 2e4 .. 2e6, Adam 1e-4 to 1e-5, batch 128.
 
 Data: every 2D+ array of ``--data`` (default ``../shared/data``), the last 15 % of each
-array's first axis held out, as for the shipped CPU recipe (``train_shipped.py``).
+array's first axis held out, as for the shipped CPU recipe (``train_shipped.py``). To a GPU
+machine that has no ``../shared``, the fields travel packed to 16 bits
+(``scripts/pack_fields.py``; the 2026-11-30 and 2026-12-01 runs trained on such copies).
 """
 
 import argparse
