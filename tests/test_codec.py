@@ -255,7 +255,7 @@ def test_encode_batch_writes_each_chunks_own_bytes():
     chunks = [vort[0], vort[1], ts[:3], sst[4], relief[1000:1300, 2000:2300].astype(np.int16),
               np.asfortranarray(ts[5, :100, :120]), np.full((9, 11), 2.5, np.float32),
               np.full((20, 30), np.nan, np.float32), ts[6:10].reshape(2, 2, 145, 192), vort[2, :40, :50]]
-    for codec in (NNCodec(quality=2), NNCodec(quality=6, refine=1)):
+    for codec in (NNCodec(quality=2), NNCodec(quality=6)):
         bufs = codec.encode_batch(chunks)
         assert bufs == [codec.encode(c) for c in chunks]
         for c, out in zip(chunks, codec.decode_batch(bufs)):
@@ -267,5 +267,6 @@ def test_encode_batch_in_error_bounded_mode_codes_chunk_by_chunk():
     vort = load_field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity")[:3].astype(np.float32)
     codec = NNCodec(rel_error=1e-3)
     assert codec.encode_batch(list(vort)) == [codec.encode(v) for v in vort]
+    assert not codec._encodes_in_batches() and not NNCodec(quality=4, refine=2)._encodes_in_batches()
     with pytest.raises(TypeError, match="cast the data"):
         codec.encode_batch([vort[0], vort[1].astype(np.complex64)])
