@@ -296,14 +296,18 @@ class NNCodec(Codec):
 
         levels = [self.quality] if self.quality else list(range(1, self._runtime().qualities + 1))
         # quality and bits rise with the level: bisect for the lowest level that passes
-        candidates, lo, hi = [], 0, len(levels) - 1
+        candidates, lo, hi, failed = [], 0, len(levels) - 1, []
         while lo <= hi:
             mid = (lo + hi) // 2
             buf = self._encode(arr, levels[mid], None)
-            if passes(buf):
+            got = rmse(buf)
+            if got <= rmse_target:
                 candidates, hi = [buf], mid - 1
             else:
                 lo = mid + 1
+                failed.append((mid, got))
+                if _out_of_reach(failed, hi, rmse_target):
+                    break
         # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
         # equal to the target RMSE passes whatever the data
         for bound in (math.sqrt(3.0) * rmse_target, rmse_target):
@@ -324,6 +328,19 @@ class NNCodec(Codec):
                     candidates.append(buf)
                     break
         return min(candidates, key=len)
+
+
+def _out_of_reach(failed: list, top: int, rmse_target: float) -> bool:
+    """Whether no level up to ``top`` can reach ``rmse_target``, judged from the two
+    highest levels that failed, ``(level index, RMSE)`` in rising order: the learned levels'
+    quality gains shrink level by level (they flatten at the model's ceiling), so the
+    straight line through those two (in log RMSE) bounds what higher levels reach. It
+    saves the encodes of levels above the ceiling; a bounded candidate follows anyway."""
+    if len(failed) < 2:
+        return False
+    (i, r_i), (j, r_j) = failed[-2:]
+    per_level = (math.log(r_j) - math.log(r_i)) / (j - i)
+    return math.log(r_j) + per_level * (top - j) > math.log(rmse_target)
 
 
 def _as_bytes(buf):

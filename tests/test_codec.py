@@ -270,3 +270,15 @@ def test_encode_batch_in_error_bounded_mode_codes_chunk_by_chunk():
     assert not codec._encodes_in_batches() and not NNCodec(quality=4, refine=2)._encodes_in_batches()
     with pytest.raises(TypeError, match="cast the data"):
         codec.encode_batch([vort[0], vort[1].astype(np.complex64)])
+
+
+def test_target_psnr_stops_bisecting_levels_out_of_reach():
+    """Two failed levels whose RMSE falls 10 % per level cannot reach, two levels higher,
+    a target below 0.81 of the last: those levels are not tried (their encodes saved)."""
+    from nncodec.codec import _out_of_reach
+
+    failed = [(3, 1.0), (5, 0.81)]
+    assert _out_of_reach(failed, 7, 0.6)
+    assert not _out_of_reach(failed, 7, 0.7)
+    assert not _out_of_reach(failed[:1], 7, 0.1)  # one failure says nothing about the slope
+    assert _out_of_reach([(3, 1.0), (5, 1.0)], 7, 0.99)  # flat at the ceiling
