@@ -101,8 +101,8 @@ def stacked_chunks(data: Path) -> list[dict]:
     chunk after another; the one-slice chunks coded together (``encode_batch``,
     ``decode_batch``); and one slice per chunk written and read through a zarr array (in
     memory), as xarray does, where zarr codes several chunks at once, with zarr's default
-    batch size and with ``codec_pipeline.batch_size`` = ZARR_BATCH. ``zstd via zarr`` reads the same slices
-    from a zstd-compressed zarr array: what zarr's own per-chunk work allows."""
+    batch size and with ``codec_pipeline.batch_size`` = ZARR_BATCH. ``zstd via zarr`` codes
+    the same slices in a zstd-compressed zarr array: what zarr's own per-chunk work allows."""
     import zarr
     from zarr.codecs import ZstdCodec
 

@@ -405,6 +405,7 @@ def _tile_mask(t: _Tile) -> np.ndarray:
 
 
 def _tile_values(t: _Tile) -> np.ndarray:
+    """Tile ``t``'s view of its chunk's values (``dest``)."""
     return t.dest[t.slice, t.rows, t.cols]
 
 
@@ -733,9 +734,9 @@ def _reconstruct(chunks: list[_Parsed], rt) -> None:
     if any(c.coded for c in chunks):
         _decode_stream(rt, chunks)
     for c in chunks:
-        header, slices = c.header, c.slices
+        header = c.header
         for t in c.tiles:
-            target = slices[t.slice, t.rows, t.cols]
+            target = _tile_values(t)
             if t.kind == EMPTY:
                 target[...] = 0
             elif t.kind == CONSTANT:
@@ -836,6 +837,6 @@ def _synthesise_plain(rt, chunks: list[_Parsed]) -> None:
 
             def write(k, group=group, xn=xn):
                 t = group[k]
-                denormalise_into(xn[k], t.offset, t.scale, t.dest[t.slice, t.rows, t.cols])
+                denormalise_into(xn[k], t.offset, t.scale, _tile_values(t))
 
             side_by_side(write, len(group))
