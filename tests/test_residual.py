@@ -14,6 +14,7 @@ from nncodec.residual import (
     N_BUCKETS,
     N_LAPLACE,
     PREDICTORS,
+    TIGHTER_COARSE_LEVELS,
     _context,
     _predict,
     decode_residual,
@@ -46,10 +47,10 @@ def replay(code):
     return read
 
 
-def round_trip(y, finite, predictor, tables):
-    code = encode_residual(y, finite, predictor, tables)
+def round_trip(y, finite, predictor, tables, level_steps=()):
+    code = encode_residual(y, finite, predictor, tables, level_steps)
     read = replay(code)
-    k = decode_residual(read, y.shape, finite, predictor)
+    k = decode_residual(read, y.shape, finite, predictor, level_steps)
     assert read.pos[0] == code.symbols.size, "the decoder left symbols unread"
     assert np.array_equal(k, code.k)
     assert np.abs(k - y)[finite].max(initial=0) <= 0.5
@@ -77,6 +78,34 @@ def test_nonfinite_positions_cost_nothing_and_invert(shape, tables):
     code = round_trip(y, finite, PREDICTORS["cubic"], tables)
     full = encode_residual(y, np.ones(shape, bool), PREDICTORS["cubic"], tables)
     assert code.symbols.size < full.symbols.size
+
+
+def _levels(shape):
+    """The interpolation level that codes each position: the trailing zero bits its row and
+    column share (the first value: the coarsest level)."""
+    rows, cols = np.indices(shape)
+    both = rows | cols
+    level = np.zeros(shape, dtype=np.int64)
+    while ((both >> level) & 1 == 0).any() and level.max() < 32:
+        level += (both >> level) & 1 == 0
+    level[0, 0] = (max(shape) - 1).bit_length()
+    return level
+
+
+@pytest.mark.parametrize("shape", [(1, 37), (33, 17), (90, 180)])
+@pytest.mark.parametrize("level_steps", [TIGHTER_COARSE_LEVELS, (3,), (13, 1)])
+def test_level_steps_tighten_each_level_and_invert(shape, level_steps, tables):
+    """With steps per level, each level's values lie within q / 30 of y (q / FRACTION of
+    half a step), the decoder rebuilds exactly the encoder's k, and masked positions still
+    cost nothing."""
+    rng = np.random.default_rng(len(level_steps) + shape[0])
+    y = rng.normal(0, 4, shape).cumsum(axis=1).cumsum(axis=0)
+    finite = rng.random(shape) > 0.2
+    code = round_trip(y, finite, PREDICTORS["cubic"], tables, level_steps)
+    level = _levels(shape)
+    q = np.array(level_steps)[np.minimum(level, len(level_steps) - 1)]
+    assert (np.abs(code.k - y) <= q / (2 * FRACTION) + 1e-12)[finite].all()
+    assert code.level_steps == level_steps
 
 
 def test_wide_residuals_use_raw_low_bits(tables):
