@@ -10,7 +10,15 @@ import pytest
 from nncodec.bench import Compressor, available_baselines, run_bench, run_speed
 from nncodec.bench.run import _speed_devices
 from nncodec.bench import baselines as baselines_mod
-from nncodec.bench.metrics import bd_rate, bits_per_value, compression_ratio, distortion_metrics, psnr_db, timed
+from nncodec.bench.metrics import (
+    bd_rate,
+    bits_per_value,
+    compression_ratio,
+    distortion_metrics,
+    psnr_db,
+    rate_at_psnr,
+    timed,
+)
 from nncodec.fidelity import fidelity_report
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -147,6 +155,14 @@ def test_bd_rate_without_overlap_is_nan_with_reason():
     assert math.isnan(value) and "fewer than 2" in reason
 
 
+def test_rate_at_psnr_interpolates_inside_the_curve_only():
+    assert rate_at_psnr(RATE, PSNR, 42.0) == pytest.approx(2.0)
+    assert rate_at_psnr(RATE / 2, PSNR, 42.0) == pytest.approx(1.0)
+    assert 1.0 < rate_at_psnr(RATE, PSNR, 40.0) < 2.0
+    assert math.isnan(rate_at_psnr(RATE, PSNR, 29.0)) and math.isnan(rate_at_psnr(RATE, PSNR, 56.0))
+    assert math.isnan(rate_at_psnr([1.0], [30.0], 30.0))
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 
@@ -184,6 +200,10 @@ def test_run_bench_smoke(tas, tmp_path):
     assert set(var["similar_bpp"]) >= {"sz3", "zfp", "sperr", "bitround"}
     if "nncodec" in codecs:
         assert {r["baseline"] for r in var["bd_rate"]} == {"sz3", "zfp", "sperr", "bitround"}
+    for r in result["variables"][0]["matched_psnr"]:  # in memory: NaN where a curve does not reach
+        if r["baseline"] is not None:
+            assert r["baseline"] in {"sz3", "zfp", "sperr"} and r["baseline_bpp"] > 0
+            assert r["ratio"] == pytest.approx(r["nncodec_bpp"] / r["baseline_bpp"], nan_ok=True)
     report = (out / "report.md").read_text()
     assert "PSNR = 20 log10(R / RMSE)" in report and "Fidelity at similar bits per value" in report
     assert result["variables"][0]["points"][0]["codec"] == var["points"][0]["codec"]

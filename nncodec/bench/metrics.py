@@ -15,6 +15,7 @@ from scipy.interpolate import PchipInterpolator
 
 __all__ = [
     "bd_rate",
+    "rate_at_psnr",
     "bits_per_value",
     "compression_ratio",
     "distortion_metrics",
@@ -137,3 +138,13 @@ def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> tuple[float, str | None]:
     integrals = [PchipInterpolator(psnr, np.log(rate)).integrate(low, high) for rate, psnr in curves]
     mean_log_ratio = (integrals[0] - integrals[1]) / (high - low)
     return float(100.0 * (math.exp(mean_log_ratio) - 1.0)), None
+
+
+def rate_at_psnr(rate, psnr, at: float) -> float:
+    """The rate a curve needs for PSNR ``at``: ``ln R`` interpolated as a monotone cubic of
+    PSNR over the curve's Pareto-optimal points (as :func:`bd_rate`); NaN outside the
+    PSNR range the curve covers or with fewer than 2 usable points."""
+    rate, psnr = _rd_envelope(rate, psnr)
+    if len(rate) < 2 or not psnr[0] <= at <= psnr[-1]:
+        return math.nan
+    return float(np.exp(PchipInterpolator(psnr, np.log(rate))(at)))

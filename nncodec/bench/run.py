@@ -19,7 +19,7 @@ import numpy as np
 from ..fidelity import fidelity_report
 from . import report as _report
 from .baselines import DEFAULT_ERROR_BOUNDS, Compressor, available_baselines
-from .metrics import bd_rate, bits_per_value, compression_ratio, distortion_metrics, timed
+from .metrics import bd_rate, bits_per_value, compression_ratio, distortion_metrics, rate_at_psnr, timed
 
 __all__ = ["run_bench", "run_speed"]
 
@@ -30,6 +30,9 @@ _SMALL_BYTES = 4 * 2**20
 _WARMUP_EDGE = 32
 #: Default nncodec quality levels when the model registry does not list them.
 _DEFAULT_QUALITIES = tuple(range(1, 9))
+#: PSNRs (dB) at which nncodec's best is set against the best error-bounded baseline
+MATCHED_PSNRS = (35.0, 38.0, 41.0, 44.0, 47.0, 50.0)
+_MATCHED_BASELINES = ("sz3", "zfp", "sperr")
 
 
 @dataclass
@@ -310,6 +313,25 @@ def _bd_rates(series: dict) -> list[dict]:
     return rows
 
 
+def _matched_psnr(points) -> list[dict]:
+    """Per PSNR of ``MATCHED_PSNRS``: the bits per value nncodec needs with the best of its
+    modes (all its points on one Pareto curve), those of the best of SZ3, ZFP and SPERR
+    (each interpolated on its own curve) and their ratio; NaN where a curve does not reach."""
+    ok = [p for p in points if "error" not in p]
+    nn = [p for p in ok if p["codec"] == "nncodec"]
+    bases = {b: [p for p in ok if p["codec"] == b] for b in _MATCHED_BASELINES}
+    rows = []
+    for at in MATCHED_PSNRS:
+        ours = rate_at_psnr([p["bpp"] for p in nn], [p["psnr"] for p in nn], at)
+        theirs = {b: rate_at_psnr([p["bpp"] for p in pts], [p["psnr"] for p in pts], at) for b, pts in bases.items()}
+        reached = {b: r for b, r in theirs.items() if not math.isnan(r)}
+        best = min(reached, key=reached.get) if reached else None
+        rate = reached[best] if best else math.nan
+        rows.append({"psnr": at, "nncodec_bpp": ours, "baseline": best, "baseline_bpp": rate,
+                     "ratio": ours / rate if best and not math.isnan(ours) else math.nan})
+    return rows
+
+
 def _similar_bpp(series: dict) -> dict:
     """One point per series close (in log bpp) to a common target bpp.
 
@@ -356,6 +378,7 @@ def _bench_field(fld: _Field, settings, nn_cls, repeats: int, bar: _Progress, ou
         "notes": fld.notes,
         "points": points,
         "bd_rate": _bd_rates(series),
+        "matched_psnr": _matched_psnr(points),
         "similar_bpp": {label: points.index(p) for label, p in similar.items()},
     }
     record["figures"] = _report.variable_figures(out, record, first, decoded_first, detailed=detailed)
@@ -417,7 +440,9 @@ def run_bench(
         The content of ``results.json``: ``meta`` (hardware, versions, settings,
         definitions) and ``variables``, a list with per variable its ``points``
         (one dict per setting: rate, distortion, speed and ``fidelity``),
-        ``bd_rate`` rows and ``similar_bpp`` (the points compared in the figures).
+        ``bd_rate`` rows, ``matched_psnr`` rows (nncodec's best against the best of SZ3,
+        ZFP and SPERR at the PSNRs of ``MATCHED_PSNRS``) and ``similar_bpp`` (the points
+        compared in the figures).
     """
     bounds = [float(e) for e in error_bounds]
     if any(not 0 < e <= 1 for e in bounds):
