@@ -224,14 +224,15 @@ class NNCodec(Codec):
 
         return load(self.model, self.device)
 
-    def _encode(self, arr: np.ndarray, quality, bound, level_steps=()) -> bytes:
-        (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound, level_steps)
+    def _encode(self, arr: np.ndarray, quality, bound, level_steps=(), memo=None) -> bytes:
+        (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound, level_steps, memo)
         return buf
 
-    def _encode_planned(self, chunks: list[_Planned], quality, bound, level_steps=()) -> list[bytes]:
+    def _encode_planned(self, chunks: list[_Planned], quality, bound, level_steps=(), memo=None) -> list[bytes]:
         """The bytes of planned chunks, their network tiles analysed in shared batches.
         With an error ``bound`` (one chunk's), a single chunk, its residual quantised with
-        ``level_steps`` (:func:`nncodec.residual.steps_per_level`)."""
+        ``level_steps`` (:func:`nncodec.residual.steps_per_level`). ``memo``, a dict kept
+        between encodings of the same chunks, keeps their latents (:func:`_encode_network`)."""
         tiles = [t for c in chunks for t in c.tiles]
         net_tiles = [t for t in tiles if t.kind == NETWORK]
         rt = self._runtime() if net_tiles else None
@@ -255,7 +256,7 @@ class NNCodec(Codec):
 
         def code():
             if rt is not None:
-                _encode_network(rt, net_tiles, quality, quant, self.refine)
+                _encode_network(rt, net_tiles, quality, quant, self.refine, memo)
             if bound is not None:
                 # predictions (the network's float64 synthesis) one tile after another, then
                 # the residual coding side by side; as many tiles at a time as threads, so
@@ -295,11 +296,12 @@ class NNCodec(Codec):
             return math.sqrt(float(np.mean((out[finite] - data[finite]) ** 2)))
 
         levels = [self.quality] if self.quality else list(range(1, self._runtime().qualities + 1))
+        memo = {}  # the chunk's latents, for every encoding below
         # quality and bits rise with the level: bisect for the lowest level that passes
         candidates, lo, hi, failed = [], 0, len(levels) - 1, []
         while lo <= hi:
             mid = (lo + hi) // 2
-            buf = self._encode(arr, levels[mid], None)
+            buf = self._encode(arr, levels[mid], None, memo=memo)
             got = rmse(buf)
             if got <= rmse_target:
                 candidates, hi = [buf], mid - 1
@@ -309,19 +311,19 @@ class NNCodec(Codec):
                 if _out_of_reach(failed, hi, rmse_target):
                     break
         for level_steps in ((), TIGHTER_COARSE_LEVELS):
-            candidates += self._bounded_for_rmse(arr, rmse_target, rmse, level_steps)
+            candidates += self._bounded_for_rmse(arr, rmse_target, rmse, level_steps, memo)
         return min(candidates, key=len)
 
-    def _bounded_for_rmse(self, arr: np.ndarray, rmse_target: float, rmse, level_steps) -> list[bytes]:
+    def _bounded_for_rmse(self, arr: np.ndarray, rmse_target: float, rmse, level_steps, memo) -> list[bytes]:
         """Error-bounded encodings of ``arr`` with ``level_steps`` that meet ``rmse_target``
         (as judged by ``rmse(buf)``), each at a larger bound than the one before."""
         # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
         # equal to the target RMSE passes whatever the data
         bound = math.sqrt(3.0) * rmse_target
-        buf = self._encode(arr, self.quality, bound, level_steps)
+        buf = self._encode(arr, self.quality, bound, level_steps, memo)
         got = rmse(buf)
         if got > rmse_target:
-            return [self._encode(arr, self.quality, rmse_target, level_steps)]
+            return [self._encode(arr, self.quality, rmse_target, level_steps, memo)]
         # errors mostly fall well inside the bound, so the RMSE lands below the target (by
         # 0.5-1.5 dB on the fields of docs/results.md, more with tighter coarse levels). The
         # RMSE grows like a power of the bound (the first power at first, then the power
@@ -335,7 +337,7 @@ class NNCodec(Codec):
                 power = max(0.25, math.log(got / last[1]) / math.log(bound / last[0]))
             step = (0.995 * rmse_target / got) ** (1 / power)
             for factor in (step, math.sqrt(step)):
-                buf = self._encode(arr, self.quality, bound * factor, level_steps)
+                buf = self._encode(arr, self.quality, bound * factor, level_steps, memo)
                 trial = rmse(buf)
                 if trial <= rmse_target:
                     break
@@ -466,7 +468,7 @@ def _normalised(t: _Tile) -> np.ndarray:
     return normalise_tile(_tile_values(t), _tile_mask(t), t.offset, t.scale)
 
 
-def _encode_network(rt, tiles, quality, quant, refine=0) -> None:
+def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
     """Analyse network tiles in batches; pick levels (and residual use) per tile.
 
     In error-bounded modes a tile keeps the network only where network bits plus residual
@@ -480,15 +482,26 @@ def _encode_network(rt, tiles, quality, quant, refine=0) -> None:
     the network are refined, at their level, and keep the refined latents where these
     lower the estimated total bits. The residual layer and the final bound check are the
     same either way.
+
+    ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level
+    for the next encoding of the same tiles: they depend on neither the bound nor the level
+    steps, so ``target_psnr``'s search computes them once. Not with ``refine``.
     """
-    for shape, group in _groups(tiles):
+    memo = {} if memo is None or refine else memo
+
+    def once(key, make):
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    for n, (shape, group) in enumerate(_groups(tiles)):
         x = np.stack([_normalised(t) for t in group])[:, None]
-        y = rt.analyse(x)
+        y = once((n, "latents"), lambda: rt.analyse(x))
         masked = any(t.finite is not None for t in group)
         mask = None if not masked or not refine else np.stack([_tile_mask(t) for t in group])[:, None]
         if quant is None:
             q = quality or DEFAULT_QUALITY
-            sym = rt.refine(x, mask, y, q, refine) if refine else rt.quantise(y, q)
+            sym = rt.refine(x, mask, y, q, refine) if refine else once((n, q), lambda: rt.quantise(y, q))
             for i, t in enumerate(group):
                 t.quality, t.z, t.y, t.idx = q, sym["z"][i], sym["y"][i], sym["idx"][i]
             continue
@@ -497,7 +510,7 @@ def _encode_network(rt, tiles, quality, quant, refine=0) -> None:
         best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
             group[i].offset)), quant, rt.tables)[1]}, len(group))
         for q in [quality] if quality else _search_levels(rt.qualities):
-            _try_level(rt, group, rt.quantise(y, q), q, best, quant)
+            _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant)
         if refine:
             by_q = {}
             for i, c in enumerate(best):

@@ -273,6 +273,18 @@ def test_encode_batch_in_error_bounded_mode_codes_chunk_by_chunk():
         codec.encode_batch([vort[0], vort[1].astype(np.complex64)])
 
 
+def test_latents_kept_between_encodings_give_the_same_bytes(ts_field):
+    """target_psnr's search keeps a chunk's latents and quantised levels between its
+    encodings (the memo): every encoding that uses them writes the bytes it writes alone."""
+    x = ts_field[:100, :150]
+    codec, memo = NNCodec(), {}
+    span = float(x.max() - x.min())
+    for quality, bound, steps in ((3, None, ()), (None, 0.02 * span, ()), (None, 0.01 * span, (15, 9, 5)),
+                                  (5, None, ()), (None, 0.004 * span, ())):
+        assert codec._encode(x, quality, bound, steps, memo) == codec._encode(x, quality, bound, steps), (quality, bound)
+    assert memo  # it was used
+
+
 def test_target_psnr_stops_bisecting_levels_out_of_reach():
     """Two failed levels whose RMSE falls 10 % per level cannot reach, two levels higher,
     a target below 0.81 of the last: those levels are not tried (their encodes saved)."""
