@@ -33,7 +33,16 @@ from .entropy import StreamReader, StreamWriter, channel_indexes, lane_count, la
 from .errors import CorruptStreamError, ModelError
 from .masks import decode_mask, encode_mask
 from .normalize import DEFAULT_TILE, denormalise_into, normalise_tile, tile_offset_scale, tiles_2d
-from .residual import PREDICTORS, TIGHTER_COARSE_LEVELS, Quantiser, ResidualCode, decode_residual, encode_residual, quantisation_step, reconstruct
+from .residual import (
+    PREDICTORS,
+    TIGHTER_COARSE_LEVELS,
+    Quantiser,
+    ResidualCode,
+    decode_residual,
+    encode_residual,
+    quantisation_step,
+    reconstruct,
+)
 from .threads import count as host_threads, side_by_side
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
@@ -348,6 +357,7 @@ class NNCodec(Codec):
             if factor != step:
                 break
         return found
+
 
 def _out_of_reach(failed: list, top: int, rmse_target: float) -> bool:
     """Whether no level up to ``top`` can reach ``rmse_target``, judged from the two
