@@ -17,6 +17,11 @@ residuals are 0, that is a quarter of the bits. A tile may instead send ``round(
 through the same passes (predictor "none", ``P = 0``), which pays where ``p`` is the
 network and its errors are noise-like.
 
+From format version 5 a chunk may quantise each interpolation level with its own step,
+``q / FRACTION`` of ``step`` for an odd ``q`` up to ``FRACTION`` (``K = P + q r``): tighter
+steps at the coarse levels, which predict all finer ones, lower the RMSE and the finer
+levels' residuals for the same maximum error (after QoZ, Liu et al. 2022).
+
 Each residual symbol gets its own two-sided discretised Laplacian table, chosen from a
 context the decoder also knows: the octave of the local activity (the residuals of the
 two even neighbours, their difference and the curvature of the four). Per pass and
@@ -67,7 +72,7 @@ PREDICTORS = {"none": 0, "cubic": 1}
 _FIX = 64  # fixed-point fraction bits of the table construction
 #: Level steps (finest first) that shrink the bound about 1.4x per interpolation level, to a
 #: third from level 4 on (after QoZ, Liu et al. 2022): coarse values predict all finer ones,
-#: so their accuracy pays at the finer levels. At the same PSNR they need 0.71-0.92 of the
+#: so their accuracy pays at the finer levels. At the same PSNR they need 0.72-0.93 of the
 #: uniform steps' bits on held-out TS at 40-50 dB (docs/error-bounds.md).
 TIGHTER_COARSE_LEVELS = (15, 11, 9, 7, 5)
 
@@ -176,11 +181,9 @@ def steps_per_level(level_steps: tuple[int, ...], shape: tuple[int, int]) -> np.
     A step ``q`` keeps a level's values within ``q / (2 FRACTION)`` steps, so steps below
     ``FRACTION`` tighten the bound there; they are odd for the reason ``FRACTION`` is."""
     levels = (max(shape) - 1).bit_length()
-    steps = np.full(levels + 1, FRACTION, dtype=np.int64)
-    for lev in range(levels + 1):
-        if level_steps:
-            steps[lev] = level_steps[min(lev, len(level_steps) - 1)]
-    return steps
+    if not level_steps:
+        return np.full(levels + 1, FRACTION, dtype=np.int64)
+    return np.array([level_steps[min(lev, len(level_steps) - 1)] for lev in range(levels + 1)], dtype=np.int64)
 
 
 @kernel
@@ -370,7 +373,8 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables,
     """
     k = np.zeros(y.shape, dtype=np.int64)
     steps = steps_per_level(level_steps, y.shape)
-    root = np.rint((y.flat[0] if finite.flat[0] else np.median(y[finite]) if finite.any() else 0.0) * (FRACTION / steps[-1]))
+    first = y.flat[0] if finite.flat[0] else np.median(y[finite]) if finite.any() else 0.0
+    root = np.rint(first * (FRACTION / steps[-1]))
     if abs(root) >= MAX_SYMBOL:
         return None
     k.flat[0] = steps[-1] * int(root)
@@ -392,8 +396,8 @@ def encode_residual(y: np.ndarray, finite: np.ndarray, predictor: int, tables,
 @kernel
 def _encode_passes(y, finite, predictor, steps, k, bits, escape, offsets, symbols, indexes):
     """The passes of :func:`encode_residual` (coarse to fine, :func:`_passes`; level ``lev``
-    quantised with step ``steps[lev]``): fills ``k`` (``k[0, 0]`` given) and writes, from position 1 of ``symbols`` and ``indexes``, each
-    pass's table choice and symbols. Returns the number of symbols in all, or -1 when a
+    quantised with step ``steps[lev]``): fills ``k`` (``k[0, 0]`` given) and writes, from
+    position 1 of ``symbols`` and ``indexes``, each pass's table choice and symbols. Returns the number of symbols in all, or -1 when a
     residual would not fit the range coder."""
     h, w = k.shape
     r = np.zeros_like(k)
