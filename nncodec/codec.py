@@ -284,8 +284,8 @@ class NNCodec(Codec):
             header = fmt.Header(
                 version=fmt.FORMAT_VERSION, dtype=c.data.dtype, shape=c.data.shape, fortran_order=c.fortran,
                 has_nonfinite=c.finite is not None, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
-                bound=None if bound is None else float(bound), step=None if bound is None else float(quant.step),
-                level_steps=() if bound is None else quant.level_steps,
+                bound=None if bound is None else float(bound), step=None if quant is None else float(quant.step),
+                level_steps=() if quant is None else quant.level_steps,
             )
             out.append(fmt.pack(header, _write_payload(c.tiles, c.mask_bytes, rt, c.data.dtype)))
         return out

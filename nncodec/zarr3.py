@@ -169,19 +169,11 @@ class NNCodecV3(ArrayBytesCodec):
     async def encode(self, chunks_and_specs) -> list[Buffer | None]:
         """A zarr batch of chunks (``codec_pipeline.batch_size``): all join the waiting
         chunks at once (zarr's default would let ``async.concurrency`` in at a time)."""
-
-        async def one(chunk_array, chunk_spec):
-            return None if chunk_array is None else await self._encode_single(chunk_array, chunk_spec)
-
-        return list(await asyncio.gather(*(one(a, spec) for a, spec in chunks_and_specs)))
+        return await _all_at_once(self._encode_single, chunks_and_specs)
 
     async def decode(self, chunk_bytes_and_specs) -> list[NDBuffer | None]:
         """A zarr batch of chunks, as :meth:`encode`."""
-
-        async def one(chunk_bytes, chunk_spec):
-            return None if chunk_bytes is None else await self._decode_single(chunk_bytes, chunk_spec)
-
-        return list(await asyncio.gather(*(one(b, spec) for b, spec in chunk_bytes_and_specs)))
+        return await _all_at_once(self._decode_single, chunk_bytes_and_specs)
 
     async def _drain(self, op: str, waiting: list) -> None:
         """Code the chunks in ``waiting`` (data, shape, future), as many at a time as have
@@ -227,6 +219,16 @@ class NNCodecV3(ArrayBytesCodec):
 #: per event loop, codec and operation, the chunks waiting to be coded (NNCodecV3._coded)
 _WAITING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DRAINS: set = set()  # the running drain tasks (the loop keeps only weak references to tasks)
+
+
+async def _all_at_once(single, items_and_specs) -> list:
+    """``await single(item, spec)`` for every pair of a zarr batch, all started together;
+    a missing item (None) stays None."""
+
+    async def one(item, spec):
+        return None if item is None else await single(item, spec)
+
+    return list(await asyncio.gather(*(one(item, spec) for item, spec in items_and_specs)))
 
 
 def _each(codec: NNCodec, op: str, items: list) -> list[tuple[bool, object]]:

@@ -328,7 +328,7 @@ def _matched_psnr(points) -> list[dict]:
         best = min(reached, key=reached.get) if reached else None
         rate = reached[best] if best else math.nan
         rows.append({"psnr": at, "nncodec_bpp": ours, "baseline": best, "baseline_bpp": rate,
-                     "ratio": ours / rate if best and not math.isnan(ours) else math.nan})
+                     "ratio": ours / rate})
     return rows
 
 
