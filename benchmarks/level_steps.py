@@ -1,15 +1,16 @@
-"""Residual steps per interpolation level: bits at equal PSNR against uniform steps.
+"""Residual steps per interpolation level, and dead zones: bits at equal PSNR against uniform steps.
 
     python benchmarks/level_steps.py [--data ../shared/data]
 
 Codes held-out slices of four development fields in the error-bounded mode at a sweep of
 bounds, once with uniform steps (format 4's residual layer) and once with each schedule of
 steps per level (format 5: finest level first, in fifteenths of the step; coarser levels
-take the last). Prints, per schedule and bound, the PSNR over the slices, the bits per value
-(every byte of every chunk), the largest error over the bound, and the bits against uniform
-steps at the same PSNR (interpolated in log bits between the uniform sweep's points). This
-is the measurement behind ``nncodec.residual.TIGHTER_COARSE_LEVELS``, which ``target_psnr``
-tries besides uniform steps.
+take the last), with or without dead zones (encoder only: rounding toward zero). Prints,
+per schedule and bound, the PSNR over the slices, the bits per value (every byte of every
+chunk), the largest error over the bound, and the bits against uniform steps at the same
+PSNR (interpolated in log bits between the uniform sweep's points). This is the
+measurement behind ``nncodec.residual.TIGHTER_COARSE_LEVELS`` and ``DEADZONE``, which
+``target_psnr`` tries besides uniform steps rounded to nearest.
 """
 
 import argparse
@@ -19,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from nncodec import NNCodec
-from nncodec.residual import TIGHTER_COARSE_LEVELS
+from nncodec.residual import DEADZONE, TIGHTER_COARSE_LEVELS
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDS = (0.03, 0.02, 0.014, 0.01, 0.007, 0.005, 0.0035, 0.0025)  # of the value range
-SCHEDULES = {"uniform": (), "tighter (shipped)": TIGHTER_COARSE_LEVELS, "milder": (15, 13, 11, 9, 7),
-             "steeper": (15, 9, 5, 3, 1)}
+SCHEDULES = {  # (level steps, dead zones)
+    "uniform": ((), ()), "tighter": (TIGHTER_COARSE_LEVELS, ()), "milder": ((15, 13, 11, 9, 7), ()),
+    "steeper": ((15, 9, 5, 3, 1), ()), "uniform, dead zones": ((), DEADZONE),
+    "tighter, dead zones (shipped)": (TIGHTER_COARSE_LEVELS, DEADZONE),
+}
 
 
 def fields(data: Path) -> dict:
@@ -39,7 +43,7 @@ def fields(data: Path) -> dict:
     }
 
 
-def sweep(x: np.ndarray, level_steps) -> list[tuple[float, float, float]]:
+def sweep(x: np.ndarray, level_steps, deadzone) -> list[tuple[float, float, float]]:
     """(PSNR, bits per value, max error / bound) per bound of ``BOUNDS``."""
     codec, finite = NNCodec(abs_error=1.0), np.isfinite(x)
     span = float(x[finite].max() - x[finite].min())
@@ -47,7 +51,7 @@ def sweep(x: np.ndarray, level_steps) -> list[tuple[float, float, float]]:
     for rel in BOUNDS:
         bits, sq, worst = 0, 0.0, 0.0
         for s in x:
-            buf = codec._encode(s, None, rel * span, level_steps)
+            buf = codec._encode(s, None, rel * span, level_steps, deadzone=deadzone)
             f = np.isfinite(s)
             err = codec.decode(buf)[f].astype(np.float64) - s[f]
             bits, sq, worst = bits + 8 * len(buf), sq + float((err**2).sum()), max(worst, float(np.abs(err).max()))
@@ -63,8 +67,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, x in fields(args.data).items():
         uniform = None
-        for label, steps in SCHEDULES.items():
-            points = sweep(x, steps)
+        for label, (steps, deadzone) in SCHEDULES.items():
+            points = sweep(x, steps, deadzone)
             uniform = uniform or sorted(points)
             for rel, (psnr, bpv, worst) in zip(BOUNDS, points):
                 ref = np.interp(psnr, [p for p, _, _ in uniform], [math.log(b) for _, b, _ in uniform],
