@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nncodec.bench import Compressor, available_baselines, run_bench, run_speed
-from nncodec.bench.run import _speed_devices
+from nncodec.bench.run import _matched_psnr, _speed_devices
 from nncodec.bench import baselines as baselines_mod
 from nncodec.bench.metrics import (
     bd_rate,
@@ -165,6 +165,32 @@ def test_rate_at_psnr_interpolates_inside_the_curve_only():
 
 # -- end to end ---------------------------------------------------------------------------
 
+
+def test_matched_psnr_takes_each_modes_own_curve_and_bridges_modes():
+    """A costlier point of another mode between two target_psnr points does not raise the
+    bits nncodec needs between them; where no one mode reaches, the points of all modes do."""
+
+    def pts(mode, rates, psnrs):
+        return [{"codec": "nncodec", "mode": mode, "bpp": r, "psnr": p} for r, p in zip(rates, psnrs)]
+
+    series = {
+        "nncodec target_psnr": pts("target_psnr", [0.5, 0.7, 1.0], [42.0, 45.0, 48.0]),
+        "nncodec abs_error": pts("abs_error", [0.1, 0.9], [30.0, 45.5]),
+        "nncodec quality": pts("quality", [0.15, 0.3], [36.0, 40.0]),
+        "sz3": [{"codec": "sz3", "bpp": r, "psnr": p} for r, p in ((0.2, 30.0), (1.0, 46.0), (1.6, 52.0))],
+    }
+    rows = {r["psnr"]: r for r in _matched_psnr(series)}
+    at47 = rate_at_psnr([0.5, 0.7, 1.0], [42.0, 45.0, 48.0], 47.0)
+    assert rows[47]["nncodec_bpp"] == pytest.approx(at47) and rows[47]["nncodec_mode"] == "target_psnr"
+    assert rows[47]["ratio"] == pytest.approx(at47 / rate_at_psnr([0.2, 1.0, 1.6], [30.0, 46.0, 52.0], 47.0))
+    # 35 dB: abs_error's curve reaches it, but quality's first point (36 dB) needs fewer bits,
+    # and the curve from abs_error=0.1 to that point fewer still
+    assert rows[35]["nncodec_mode"] == "all modes" and rows[35]["nncodec_bpp"] < 0.15
+    assert math.isnan(rows[50]["nncodec_bpp"]) and rows[50]["baseline"] == "sz3"
+    del series["nncodec abs_error"]
+    sz3 = rate_at_psnr([0.2, 1.0, 1.6], [30.0, 46.0, 52.0], 35.0)
+    assert _matched_psnr(series)[0] == {"psnr": 35, "nncodec_bpp": 0.15, "nncodec_mode": "quality", "baseline": "sz3",
+                                        "baseline_bpp": pytest.approx(sz3), "ratio": pytest.approx(0.15 / sz3)}
 
 def test_run_bench_smoke(tas, tmp_path):
     src = tmp_path / "tiny.npz"

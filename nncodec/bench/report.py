@@ -159,9 +159,9 @@ def _variable_section(var: dict) -> list[str]:
     if any(r["baseline"] for r in var.get("matched_psnr", [])):
         lines += ["", "### At equal PSNR: nncodec's best mode against the best of SZ3, ZFP and SPERR", ""]
         lines += _table(
-            ["PSNR [dB]", "nncodec bpp", "best baseline", "its bpp", "ratio"],
-            [[r["psnr"], r["nncodec_bpp"], r["baseline"] or "–", r["baseline_bpp"], r["ratio"]]
-             for r in var["matched_psnr"]],
+            ["PSNR [dB]", "nncodec bpp", "its mode", "best baseline", "its bpp", "ratio"],
+            [[r["psnr"], r["nncodec_bpp"], r.get("nncodec_mode") or "–", r["baseline"] or "–", r["baseline_bpp"],
+              r["ratio"]] for r in var["matched_psnr"]],
         )  # fmt: skip
     if var["similar_bpp"]:
         chosen = {label: var["points"][i] for label, i in var["similar_bpp"].items()}
