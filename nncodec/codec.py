@@ -500,9 +500,10 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
     lower the estimated total bits. The residual layer and the final bound check are the
     same either way.
 
-    ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level
-    for the next encoding of the same tiles: they depend on neither the bound nor the level
-    steps, so ``target_psnr``'s search computes them once. Not with ``refine``.
+    ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level,
+    and the synthesis of each level that the search tries, for the next encoding of the same
+    tiles: they depend on neither the bound nor the level steps, so ``target_psnr``'s search
+    computes them once. Not with ``refine``.
     """
     memo = {} if memo is None or refine else memo
 
@@ -527,7 +528,8 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
         best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
             group[i].offset)), quant, rt.tables)[1]}, len(group))
         for q in [quality] if quality else _search_levels(rt.qualities):
-            _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant)
+            _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant,
+                       lambda open_, make: once((n, q, tuple(open_)), make))
         if refine:
             by_q = {}
             for i, c in enumerate(best):
@@ -543,9 +545,11 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
                 t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
 
 
-def _try_level(rt, group, sym, q, best, quant) -> None:
+def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
     """Where the network at level ``q`` (symbols ``sym``) plus the residual layer costs
-    fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place)."""
+    fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place).
+    ``kept(open_, make)``, if given, returns the synthesis of tiles ``open_`` from an earlier
+    call, or ``make()``'s."""
     tables = rt.tables
     net_bits = [
         tables.symbol_bits("z", sym["z"][i], channel_indexes(sym["z"][i].shape)).sum()
@@ -555,7 +559,10 @@ def _try_level(rt, group, sym, q, best, quant) -> None:
     open_ = [i for i in range(len(group)) if net_bits[i] < best[i]["bits"]]
     if not open_:
         return
-    recon = rt.synthesise(sym["y"][open_], q, group[0].shape, reproducible=False)
+    def synthesis():
+        return rt.synthesise(sym["y"][open_], q, group[0].shape, reproducible=False)
+
+    recon = synthesis() if kept is None else kept(open_, synthesis)
 
     def residual_bits(j):
         t = group[open_[j]]
