@@ -123,7 +123,10 @@ class NNCodec(Codec):
     target_psnr : float, optional
         The chunk's PSNR, 20 log10(range / RMSE), is at least this, for as few bits as
         the encoder finds: the lowest quality level that passes (found by bisection, 3-4
-        trial encodes) or an error bound from the residual layer, whichever is smaller.
+        trial encodes) or an error bound from the residual layer (its coarse levels
+        tightened and its residuals rounded toward zero where that saves bits;
+        docs/error-bounds.md), whichever is smaller. A chunk that uses the residual layer
+        also keeps every value within the bound its header states.
     tile : int
         Largest tile edge; larger slices are cut into nearly equal tiles.
     refine : int
