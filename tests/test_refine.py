@@ -42,17 +42,25 @@ def lambdas():
 
 
 def test_refine_zero_is_todays_codec():
-    """refine=0 writes the default codec's bytes, which decode to the committed fixtures."""
+    """refine=0 writes the default codec's bytes, which decode to the committed fixtures.
+    ``target_psnr`` chunks only meet their target: how its search spends bits is the
+    encoder's choice within a format version (0.12.0 added dead zones to format 5)."""
     folder = FIXTURES / f"v{fmt.FORMAT_VERSION}"
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, (config, arr, _source) in _fixture_cases().items():
         assert name in manifest
         buf = NNCodec(**config, refine=0).encode(arr)
         assert buf == NNCodec(**config).encode(arr), name
+        out = NNCodec().decode(buf)
         expected = np.load(folder / f"{name}.npy")
         span = float(np.nanmax(expected) - np.nanmin(expected)) if np.isfinite(expected).any() else 0.0
+        if "target_psnr" in config:
+            fin = np.isfinite(arr)
+            rmse = np.sqrt(np.mean((out[fin].astype(np.float64) - arr[fin]) ** 2))
+            assert 20 * np.log10(float(np.ptp(arr[fin])) / rmse) >= config["target_psnr"], name
+            continue
         # float32 rounding may differ on another instruction set (see test_fixtures.py)
-        np.testing.assert_allclose(NNCodec().decode(buf), expected, rtol=0, atol=1e-5 * span, err_msg=name)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * span, err_msg=name)
 
 
 def test_refined_stream_decodes_with_a_plain_decoder(ts_field):
