@@ -326,7 +326,8 @@ class NNCodec(Codec):
                 if _out_of_reach(failed, hi, rmse_target):
                     break
         # uniform steps, rounded to nearest; tighter coarse levels with dead zones (float
-        # data), which need fewer bits at equal PSNR on all but masked SST above 48 dB
+        # data), which need fewer bits at equal PSNR except on masked fields (SST,
+        # vorticity) from about 48 dB
         tighter = {"level_steps": TIGHTER_COARSE_LEVELS, "deadzone": DEADZONE if arr.dtype.kind == "f" else ()}
         for residual in ({}, tighter):
             candidates += self._bounded_for_rmse(arr, rmse_target, rmse, memo, residual)
@@ -562,6 +563,7 @@ def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
     open_ = [i for i in range(len(group)) if net_bits[i] < best[i]["bits"]]
     if not open_:
         return
+
     def synthesis():
         return rt.synthesise(sym["y"][open_], q, group[0].shape, reproducible=False)
 
