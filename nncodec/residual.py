@@ -350,14 +350,18 @@ def _escaped_digits(s):
     return digits
 
 
-def _side_decode(present: np.ndarray, diffs: np.ndarray, start: int) -> np.ndarray:
+@kernel
+def _side_decode(present, diffs, start):
     """The virtual indexes of one pass from the differences :func:`_emit_pass` sent: the
     first relative to ``start``, then each relative to the previous plus ``SIDE_SLOPE``
-    per octave between them."""
-    steps = np.concatenate(([start], SIDE_SLOPE * np.diff(present))) + diffs
-    virtual = np.cumsum(steps)
-    if virtual.size and (virtual.min() < 0 or virtual.max() >= N_VIRTUAL):
-        raise CorruptStreamError("nncodec residual table choice is out of range; the chunk is damaged")
+    per octave between them. None where one falls outside the tables (a damaged stream)."""
+    virtual = np.empty(present.size, dtype=np.int64)
+    v = start
+    for o in range(present.size):
+        v += diffs[o] + (SIDE_SLOPE * (present[o] - present[o - 1]) if o else 0)
+        if v < 0 or v >= N_VIRTUAL:
+            return None
+        virtual[o] = v
     return virtual
 
 
@@ -577,6 +581,8 @@ def decode_residual(read, shape: tuple[int, int], finite: np.ndarray, predictor:
         values = np.zeros(0, dtype=np.int64)
         if ctx.size:
             virtual = _side_decode(present, read(np.full(len(present), SIDE_TABLE)), start)
+            if virtual is None:
+                raise CorruptStreamError("nncodec residual table choice is out of range; the chunk is damaged")
             start = int(virtual[0])
             indexes, shifts = _symbol_tables(ctx, present, virtual)
             values = _join_pieces(read(indexes), shifts)
