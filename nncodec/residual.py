@@ -428,9 +428,10 @@ def _pass_deadzones(deadzone: tuple[float, ...], n_levels: int) -> np.ndarray:
 @kernel
 def _encode_passes(y, finite, predictor, steps, dead, k, bits, escape, offsets, symbols, indexes):
     """The passes of :func:`encode_residual` (coarse to fine, :func:`_passes`; level ``lev``
-    quantised with step ``steps[lev]``, rounded toward zero by ``dead[lev, axis]``): fills ``k`` (``k[0, 0]`` given) and writes, from
-    position 1 of ``symbols`` and ``indexes``, each pass's table choice and symbols. Returns the number of symbols in all, or -1 when a
-    residual would not fit the range coder."""
+    quantised with step ``steps[lev]``, rounded toward zero by ``dead[lev, axis]``): fills
+    ``k`` (``k[0, 0]`` given) and writes, from position 1 of ``symbols`` and ``indexes``,
+    each pass's table choice and symbols. Returns the number of symbols in all, or -1 when
+    a residual would not fit the range coder."""
     h, w = k.shape
     r = np.zeros_like(k)
     values = np.empty(h * w, dtype=np.int64)
@@ -676,7 +677,12 @@ class Quantiser:
     @property
     def reach(self) -> float:
         """The largest error the residual code leaves, before rounding to the dtype."""
-        return self.step * (0.5 + max(self.deadzone, default=0.0))
+        return self.step * _reach_in_steps(self.deadzone)
+
+
+def _reach_in_steps(deadzone: tuple[float, ...]) -> float:
+    """The largest error of a residual rounded with ``deadzone``, in steps: 1/2 plus the widest."""
+    return 0.5 + max(deadzone, default=0.0)
 
 
 def quantisation_step(bound: float, dtype: np.dtype, max_abs: float, max_scale: float, uses_network: bool,
@@ -691,8 +697,8 @@ def quantisation_step(bound: float, dtype: np.dtype, max_abs: float, max_scale: 
     margin = float(np.spacing(dtype.type(max_abs))) if np.isfinite(max_abs) else 0.0
     if uses_network:
         margin += SYNTHESIS_TOLERANCE * max_scale
-    half = (bound - margin) / (1.0 + 2.0 * max(deadzone, default=0.0))
-    return 2.0 * half if half > 0 else 0.0
+    step = (bound - margin) / _reach_in_steps(deadzone)
+    return step if step > 0 else 0.0
 
 
 def reconstruct(pred: np.ndarray, k: np.ndarray, step: float, dtype: np.dtype) -> np.ndarray:
