@@ -14,7 +14,9 @@ always runs on the CPU and gives identical integers everywhere.
 Speed without giving that up: a convolution runs in float32 (oneDNN's fast kernels)
 whenever a bound computed from its weights and inputs proves every partial sum an
 integer below 2**24, which float32 holds exactly in any summation order; larger
-activations are split into digits that keep that bound.
+activations are split into digits that keep that bound. A small input (one small tile's)
+is instead scattered through the kernel taps in float64 by a compiled loop that skips
+its zeros (after a ReLU, half or more of them).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
 MAX_EXACT = 2.0**53
 #: float32 holds every integer of magnitude up to 2**24 exactly
 MAX_EXACT_F32 = 2.0**24
-#: convolution inputs of at most this many values run in float64 (PyTorch's own kernels,
-#: faster than oneDNN's float32 below it on the test machine: 90 against 190 us at 1152)
+#: convolution inputs of at most this many values run in float64 (:func:`_scatter_conv`,
+#: faster than oneDNN's float32 below it on the test machine)
 FLOAT64_BELOW = 8192
 _NO_THRESHOLDS = np.empty(0)  # _layer_output of a hidden layer
 THRESHOLD_SLOTS = 64  # scale-table thresholds _layer_output searches (SCALES_LEVELS - 1 used)
@@ -70,6 +72,10 @@ class IntegerHyperSynthesis:
         that meets one output value (bounds every partial sum of a convolution); per
         channel the biases and the powers of two that rescale the accumulators."""
         self._w32 = [layer["weight"].float() for layer in self.layers]
+        # (in, k, k, out): the taps one input value meets, output channels innermost
+        self._taps = [np.ascontiguousarray(layer["weight"].permute(*((0, 2, 3, 1) if layer["transposed"] else (1, 2, 3, 0)))
+                                           .numpy(), np.float64) for layer in self.layers]
+        self._taps32 = [t.astype(np.float32) for t in self._taps]
         self._wsum = [_weight_sum_bound(layer) for layer in self.layers]
         # per output channel: the bias, and the power of two that takes the accumulator
         # (fraction bits shift + ACT_FRAC_BITS) to the next layer's ACT_FRAC_BITS (the last
@@ -130,25 +136,30 @@ class IntegerHyperSynthesis:
 
     def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
         """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
-        a = torch.round(z_hat.detach().to("cpu", torch.float64) * 2.0**ACT_FRAC_BITS)
-        if a.numel() and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
+        a = np.rint(z_hat.detach().to("cpu", torch.float64).numpy() * 2.0**ACT_FRAC_BITS)
+        if a.size and not np.abs(a).max() < MAX_EXACT:  # NaN, inf or huge: no exact result
             raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
         if not self.layers:
             raise ValueError("integer hyper-synthesis has no layers")
         last = len(self.layers) - 1
+        # the rows and columns each layer's output must have: the last layer's, y_shape;
+        # the one before, what the last reads of it (a stride-1 convolution: little more)
+        needed = [None] * last + [tuple(y_shape)]
+        if last and not self.layers[last]["transposed"] and self.layers[last]["stride"] == 1:
+            needed[last - 1] = tuple(n + self.layers[last]["padding"] for n in y_shape)
         for i, layer in enumerate(self.layers):
             if i == last:
                 a = self._crop_input(layer, a, y_shape)
-            acc = np.ascontiguousarray(self._conv(i, a).numpy())
+            acc = self._conv(i, a, needed[i])
             out = np.empty(acc.shape[:2] + tuple(y_shape), np.int32) if i == last else acc
             if not _layer_output(acc, self._bias[i], layer["relu"], self._mult[i],
                                  self._padded_thresholds if i == last else _NO_THRESHOLDS, out):
                 raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
-            a = torch.from_numpy(out)
+            a = out
         return out
 
     @staticmethod
-    def _crop_input(layer: dict, a: torch.Tensor, y_shape: tuple[int, int]) -> torch.Tensor:
+    def _crop_input(layer: dict, a: np.ndarray, y_shape: tuple[int, int]) -> np.ndarray:
         """The rows and columns of a stride-1 convolution's input that the outputs within
         ``y_shape`` read (a tile's latents can cover little more than half the last
         layer's output, e.g. 5 x 9 of 8 x 12)."""
@@ -157,19 +168,26 @@ class IntegerHyperSynthesis:
         p = layer["padding"]
         return a[..., : y_shape[0] + p, : y_shape[1] + p]
 
-    def _conv(self, i: int, a: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s convolution of integer activations ``a`` (float64), exactly.
+    def _conv(self, i: int, a: np.ndarray, needed: tuple[int, int] | None = None) -> np.ndarray:
+        """Layer ``i``'s convolution of integer activations ``a`` (float64), exactly, as a
+        C-contiguous float64 array (at least its first ``needed`` rows and columns).
 
         Every partial sum of an output value is bounded by max|a| times the sum of the
         |weights| meeting it; below 2**24 float32 computes it exactly in any order and
         batching (oneDNN's direct convolutions: products and sums, no transforms). Larger
         activations are split into base-2**bits digits small enough for that bound, one
         float32 convolution per digit, recombined exactly in float64. Small inputs (one
-        small tile's) run in float64 directly: there oneDNN's set-up costs more than the sums.
+        small tile's) run in float64 directly (:func:`_scatter_conv`): there oneDNN's
+        set-up costs more than the sums.
         """
         layer, bits = self.layers[i], self._digit_bits[i]
-        if bits is None or a.numel() <= FLOAT64_BELOW or not _float32_is_ieee():
-            return self._conv_as(layer, a, layer["weight"])
+        if a.size <= FLOAT64_BELOW:
+            if _abs_max(a) * self._wsum[i] < MAX_EXACT_F32:
+                return _scattered(layer, self._taps32[i], a.astype(np.float32), needed).astype(np.float64)
+            return _scattered(layer, self._taps[i], a, needed)
+        a = torch.from_numpy(np.ascontiguousarray(a))
+        if bits is None or not _float32_is_ieee():
+            return self._conv_as(layer, a, layer["weight"]).numpy()
         radix, weight, acc, place, rest = 2.0**bits, self._w32[i], None, 1.0, a
         while True:
             last = _abs_max(rest) * self._wsum[i] < MAX_EXACT_F32
@@ -178,7 +196,7 @@ class IntegerHyperSynthesis:
             term = self._conv_as(layer, digit.float(), weight).double().mul_(place)
             acc = term if acc is None else acc.add_(term)
             if last:
-                return acc
+                return np.ascontiguousarray(acc.numpy())
             rest, place = top, place * radix
 
     @staticmethod
@@ -187,6 +205,61 @@ class IntegerHyperSynthesis:
         if layer["transposed"]:
             return F.conv_transpose2d(a, w, output_padding=layer["output_padding"], **geometry)
         return F.conv2d(a, w, **geometry)
+
+
+def _scattered(layer: dict, taps: np.ndarray, a: np.ndarray, needed: tuple[int, int] | None = None) -> np.ndarray:
+    """Layer ``layer``'s convolution (no bias) of integer activations ``a`` (B, C, H, W),
+    in the dtype of ``taps``, by :func:`_scatter_conv`: (B, C', H', W'), or only the
+    first ``needed`` rows and columns of that."""
+    b, _, h, w = a.shape
+    k, s, p = taps.shape[1], layer["stride"], layer["padding"]
+    if layer["transposed"]:
+        out_h, out_w = [(n - 1) * s - 2 * p + k + layer["output_padding"] for n in (h, w)]
+    else:
+        out_h, out_w = [(n + 2 * p - k) // s + 1 for n in (h, w)]
+    if needed is not None:
+        out_h, out_w = min(out_h, needed[0]), min(out_w, needed[1])
+    out = np.zeros((b, out_h, out_w, taps.shape[3]), taps.dtype)
+    _scatter_conv(np.ascontiguousarray(a), taps, layer["transposed"], s, p, out)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+@kernel
+def _scatter_conv(a, taps, transposed, stride, pad, out):
+    """``out`` (B, H', W', C', zeros) += the convolution of ``a`` (B, C, H, W) with
+    ``taps`` (C, k, k, C'): each nonzero input value times the taps it meets. Input
+    ``(r, c)`` meets output ``(r s - p + i, ...)`` through tap ``i`` of a transposed
+    convolution, output ``((r + p - i) / s, ...)`` where that divides of a plain one.
+    In integers below 2**53 float64 sums exactly in any order: the result is the
+    convolution's whatever the order of the loops."""
+    k = taps.shape[1]
+    for n in range(a.shape[0]):
+        for ch in range(a.shape[1]):
+            for r in range(a.shape[2]):
+                for c in range(a.shape[3]):
+                    v = a[n, ch, r, c]
+                    if v == 0.0:
+                        continue
+                    for i in range(k):
+                        if transposed:
+                            orow = r * stride - pad + i
+                        elif (r + pad - i) % stride:
+                            continue
+                        else:
+                            orow = (r + pad - i) // stride
+                        if orow < 0 or orow >= out.shape[1]:
+                            continue
+                        for j in range(k):
+                            if transposed:
+                                ocol = c * stride - pad + j
+                            elif (c + pad - j) % stride:
+                                continue
+                            else:
+                                ocol = (c + pad - j) // stride
+                            if ocol < 0 or ocol >= out.shape[2]:
+                                continue
+                            for o in range(out.shape[3]):
+                                out[n, orow, ocol, o] += v * taps[ch, i, j, o]
 
 
 @kernel
@@ -244,7 +317,10 @@ def _weight_sum_bound(layer: dict) -> float:
     return max(float(w[:, :, rh::s, rw::s].sum(dim=(0, 2, 3)).max()) for rh in range(s) for rw in range(s))
 
 
-def _abs_max(t: torch.Tensor) -> float:
+def _abs_max(t) -> float:
+    """max |t| of a tensor or array."""
+    if isinstance(t, np.ndarray):
+        return float(np.abs(t).max()) if t.size else 0.0
     lo, hi = torch.aminmax(t)
     return max(-float(lo), float(hi))
 

@@ -75,12 +75,15 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     assert len(np.unique(got)) > 5  # the comparison covers many scale indexes
 
 
-@pytest.mark.parametrize("q, tile", [(1, (128, 128)), (8, (128, 128)), (4, (73, 144)), (4, (145, 192))])
-def test_integer_hyper_synthesis_of_one_small_tile(rt, q, tile):
-    """One tile's hyper-latents are below FLOAT64_BELOW: the float64 path, the same
-    integers; for 73 x 144 (latents 5 x 9 of the last layer's 8 x 12) the last layer reads
-    only the input rows and columns those outputs need."""
-    z_hat, y_shape = _hyper_latents(rt, q, side=1, tile=tile)
+@pytest.mark.parametrize("q, tile, side, gain", [(1, (128, 128), 1, 1.0), (8, (128, 128), 1, 1.0), (4, (73, 144), 1, 1.0),
+                                                 (4, (145, 192), 1, 1.0), (4, (73, 144), 1, 300.0), (4, (73, 144), 3, 1.0)])
+def test_integer_hyper_synthesis_of_small_tiles(rt, q, tile, side, gain):
+    """A few small tiles' hyper-latents are below FLOAT64_BELOW: the compiled scatter
+    (float32 where the bound allows, else float64; 300x larger hyper-latents need float64),
+    the same integers; for 73 x 144 (latents 5 x 9 of the last layer's 8 x 12) the last two
+    layers compute only the rows and columns those outputs need."""
+    z_hat, y_shape = _hyper_latents(rt, q, side=side, tile=tile)
+    z_hat = z_hat * gain
     assert z_hat.numel() <= FLOAT64_BELOW
     want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
     np.testing.assert_array_equal(rt.int_hs.indexes(z_hat, y_shape), want)
