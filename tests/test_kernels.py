@@ -142,6 +142,15 @@ def test_decoder_synthesis_is_the_trained_network(rt, y_shape):
     assert float((got - want).abs().max()) < 1e-10 * float(want.abs().max())
 
 
+@pytest.mark.parametrize("cout", [1, 3])
+def test_subpixel_layer_shuffles_as_pixel_shuffle(rt, cout):
+    """The sub-pixel layer's permuted reshape puts every phase where F.pixel_shuffle does."""
+    sub = decoder_synthesis(torch.nn.Sequential(torch.nn.ConvTranspose2d(16, cout, 5, 2, 2, 1)))[-1]
+    x = torch.randn(2, 16, 7, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(sub(x), F.pixel_shuffle(F.conv2d(x, sub.weight, sub.bias, padding=1), 2))
+
+
 def test_encoder_analysis_is_the_trained_network(rt):
     g_a = copy.deepcopy(rt.g_a).double()
     fast = encoder_analysis(g_a)

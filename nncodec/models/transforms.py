@@ -205,4 +205,9 @@ class _SubpixelDeconv(nn.Module):
             self.register_buffer("bias", deconv.bias.detach().repeat_interleave(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, padding=1), 2)
+        phases = F.conv2d(x, self.weight, self.bias, padding=1)
+        b, c, h, w = phases.shape
+        # F.pixel_shuffle's copy, from the channels-last phases in one permuted reshape
+        # (its own channels-last path took twice as long on a small tile)
+        return (phases.permute(0, 2, 3, 1).reshape(b, h, w, c // 4, 2, 2)
+                .permute(0, 3, 1, 4, 2, 5).reshape(b, c // 4, 2 * h, 2 * w))
