@@ -282,3 +282,35 @@ with multiprocessing.get_context("fork").Pool(1) as pool:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True"]
+
+
+def test_single_threaded_workers_code_side_by_side_without_the_tile_pool(tmp_path):
+    """In a process whose torch runs one thread (a Dask worker: its nanny sets
+    OMP_NUM_THREADS=1), each calling thread runs the network itself rather than queueing
+    behind the one tile-pool thread; the bytes and values are those of a 2-thread process."""
+    vort = load_field("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity")[:4].astype(np.float32)
+    np.save(tmp_path / "x.npy", vort)
+    script = f"""
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np, torch
+from nncodec import NNCodec
+from nncodec.models import tilepool
+x = np.load({str(tmp_path / "x.npy")!r})
+codec = NNCodec(quality=4)
+with ThreadPoolExecutor(2) as ex:
+    bufs = list(ex.map(codec.encode, x))
+    values = list(ex.map(codec.decode, bufs))
+np.save({str(tmp_path / "values.npy")!r}, np.stack(values))
+open({str(tmp_path / "bufs.bin")!r}, "wb").write(b"".join(bufs))
+print(torch.get_num_threads(), tilepool.started() is None)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "True"]
+    codec = NNCodec(quality=4)
+    with ThreadPoolExecutor(2) as ex:
+        bufs = list(ex.map(codec.encode, vort))
+    assert (tmp_path / "bufs.bin").read_bytes() == b"".join(bufs)
+    np.testing.assert_array_equal(np.load(tmp_path / "values.npy"), np.stack([codec.decode(b) for b in bufs]))

@@ -12,6 +12,10 @@ The pool's threads run with one intra-op thread each (OpenMP's thread count is a
 per-thread setting); the process-wide setting seen by every other thread is restored
 right after the pool starts. Parallelism comes from running tiles side by side, as many
 as ``torch.get_num_threads()`` had when the pool was made.
+
+A thread that already runs torch single-threaded (every thread of a Dask worker, whose
+nanny sets ``OMP_NUM_THREADS=1``) runs its tiles itself, the same kernels as a pool
+thread: handing over would only queue the worker's threads behind one pool thread.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ def started() -> ThreadPoolExecutor | None:
     return _pool
 
 
+def _single_threaded() -> bool:
+    """Whether this thread runs torch's CPU kernels on one thread: a pool thread, or any
+    thread where torch has one intra-op thread."""
+    return getattr(_here, "inside", False) or torch.get_num_threads() == 1
+
+
 def run(func, *args):
     """``func(*args)`` on one of the pool's threads (where :func:`map_tiles` runs its
     tiles in order, on that thread), waiting for it.
@@ -82,9 +92,10 @@ def run(func, *args):
     For work around a single tile (a small chunk's whole decode): the caller hands over
     once, and the single-threaded pool thread runs the rest, the network included. Many
     callers at once (zarr decoding chunks concurrently, Dask threads) then share the
-    pool's threads instead of each starting a team of OpenMP threads of its own.
+    pool's threads instead of each starting a team of OpenMP threads of its own. A
+    single-threaded caller runs ``func`` itself.
     """
-    if getattr(_here, "inside", False):
+    if _single_threaded():
         return func(*args)
     return pool().submit(func, *args).result()
 
@@ -94,7 +105,8 @@ def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
     Runs in inference mode (no autograd), which is a per-thread setting, so each pool
     thread enters it itself. Called from a pool thread (:func:`run`), the tiles run there,
-    one after another: the same kernels on the same single thread, so the same values.
+    one after another: the same kernels on the same single thread, so the same values;
+    likewise from any single-threaded caller.
     """
 
     def run_tiles(tiles: range) -> list[torch.Tensor]:
@@ -102,7 +114,7 @@ def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
             return [module(batch[i : i + 1]) for i in tiles]
 
     n = batch.shape[0]
-    if getattr(_here, "inside", False):
+    if _single_threaded():
         return torch.cat(run_tiles(range(n)))
     # a few hand-overs per thread, not one per tile (a tenth of a small tile's time), in
     # contiguous shares that threads take as they come free
