@@ -241,25 +241,28 @@ def _scatter_conv(a, taps, transposed, stride, pad, out):
                     if v == 0.0:
                         continue
                     for i in range(k):
-                        if transposed:
-                            orow = r * stride - pad + i
-                        elif (r + pad - i) % stride:
-                            continue
-                        else:
-                            orow = (r + pad - i) // stride
-                        if orow < 0 or orow >= out.shape[1]:
+                        orow = _meets(r, i, transposed, stride, pad, out.shape[1])
+                        if orow < 0:
                             continue
                         for j in range(k):
-                            if transposed:
-                                ocol = c * stride - pad + j
-                            elif (c + pad - j) % stride:
-                                continue
-                            else:
-                                ocol = (c + pad - j) // stride
-                            if ocol < 0 or ocol >= out.shape[2]:
+                            ocol = _meets(c, j, transposed, stride, pad, out.shape[2])
+                            if ocol < 0:
                                 continue
                             for o in range(out.shape[3]):
                                 out[n, orow, ocol, o] += v * taps[ch, i, j, o]
+
+
+@kernel
+def _meets(pos, tap, transposed, stride, pad, size):
+    """The output position (of ``size``) that input position ``pos`` meets through kernel
+    tap ``tap`` along one axis, or -1 where none does."""
+    if transposed:
+        out = pos * stride - pad + tap
+    elif (pos + pad - tap) % stride:
+        return -1
+    else:
+        out = (pos + pad - tap) // stride
+    return out if 0 <= out < size else -1
 
 
 @kernel
