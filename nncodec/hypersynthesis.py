@@ -230,8 +230,9 @@ def _scatter_conv(a, taps, transposed, stride, pad, out):
     ``taps`` (C, k, k, C'): each nonzero input value times the taps it meets. Input
     ``(r, c)`` meets output ``(r s - p + i, ...)`` through tap ``i`` of a transposed
     convolution, output ``((r + p - i) / s, ...)`` where that divides of a plain one.
-    In integers below 2**53 float64 sums exactly in any order: the result is the
-    convolution's whatever the order of the loops."""
+    Every product and partial sum is an integer the dtype holds exactly (the caller sees
+    to it: below 2**53 in float64, 2**24 in float32), so the result is the convolution's
+    whatever the order of the loops."""
     k = taps.shape[1]
     for n in range(a.shape[0]):
         for ch in range(a.shape[1]):
