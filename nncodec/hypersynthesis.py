@@ -14,9 +14,10 @@ always runs on the CPU and gives identical integers everywhere.
 Speed without giving that up: a convolution runs in float32 (oneDNN's fast kernels)
 whenever a bound computed from its weights and inputs proves every partial sum an
 integer below 2**24, which float32 holds exactly in any summation order; larger
-activations are split into digits that keep that bound. A small input (one small tile's)
-is instead scattered through the kernel taps in float64 by a compiled loop that skips
-its zeros (after a ReLU, half or more of them).
+activations are split into digits that keep that bound. A small input (a few small
+tiles') is instead scattered through the kernel taps by a compiled loop that skips its
+zeros (after a ReLU, half or more of them), in float32 where that bound allows, else in
+float64.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ ACT_FRAC_BITS = 6  # fixed-point fraction bits of the integer activations
 MAX_EXACT = 2.0**53
 #: float32 holds every integer of magnitude up to 2**24 exactly
 MAX_EXACT_F32 = 2.0**24
-#: convolution inputs of at most this many values run in float64 (:func:`_scatter_conv`,
-#: faster than oneDNN's float32 below it on the test machine)
-FLOAT64_BELOW = 8192
+#: convolution inputs of at most this many values run in :func:`_scatter_conv`, faster than
+#: oneDNN's float32 below it on the test machine
+SCATTER_BELOW = 8192
 _NO_THRESHOLDS = np.empty(0)  # _layer_output of a hidden layer
 THRESHOLD_SLOTS = 64  # scale-table thresholds _layer_output searches (SCALES_LEVELS - 1 used)
 
@@ -176,12 +177,12 @@ class IntegerHyperSynthesis:
         |weights| meeting it; below 2**24 float32 computes it exactly in any order and
         batching (oneDNN's direct convolutions: products and sums, no transforms). Larger
         activations are split into base-2**bits digits small enough for that bound, one
-        float32 convolution per digit, recombined exactly in float64. Small inputs (one
-        small tile's) run in float64 directly (:func:`_scatter_conv`): there oneDNN's
-        set-up costs more than the sums.
+        float32 convolution per digit, recombined exactly in float64. Small inputs (a few
+        small tiles') run in :func:`_scatter_conv`, in one digit of float32 or float64:
+        there oneDNN's set-up costs more than the sums.
         """
         layer, bits = self.layers[i], self._digit_bits[i]
-        if a.size <= FLOAT64_BELOW:
+        if a.size <= SCATTER_BELOW:
             if _abs_max(a) * self._wsum[i] < MAX_EXACT_F32:
                 return _scattered(layer, self._taps32[i], a.astype(np.float32), needed).astype(np.float64)
             return _scattered(layer, self._taps[i], a, needed)

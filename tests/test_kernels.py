@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nncodec.hypersynthesis import ACT_FRAC_BITS, FLOAT64_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
+from nncodec.hypersynthesis import ACT_FRAC_BITS, SCATTER_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
 from nncodec.models.transforms import decoder_synthesis, encoder_analysis
 from nncodec.normalize import fill_nonfinite
 from nncodec.weights import load
@@ -48,7 +48,7 @@ def _reference_indexes(ih, z_hat, y_shape):
 
 def _hyper_latents(rt, q, side=8, tile=(128, 128)):
     """Dequantised hyper-latents of side x side tiles of real relief at level ``q``: with
-    8 x 8 tiles of 128 x 128, every layer's input is above FLOAT64_BELOW (the float32 path)."""
+    8 x 8 tiles of 128 x 128, every layer's input is above SCATTER_BELOW (the float32 path)."""
     th, tw = tile
     relief = load_field("ferret_etopo5_relief.npz", "rose")[600 : 600 + th * side, 1600 : 1600 + tw * side]
     relief = relief.astype(np.float32)
@@ -68,7 +68,7 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     want, one_digit = _reference_indexes(rt.int_hs, z_hat, y_shape)
     if gain > 1:
         assert not any(one_digit)  # every layer needs several digits
-    assert z_hat.numel() > FLOAT64_BELOW  # so every layer runs the float32 path
+    assert z_hat.numel() > SCATTER_BELOW  # so every layer runs the float32 path
     got = rt.int_hs.indexes(z_hat, y_shape)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, want)
@@ -78,13 +78,13 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
 @pytest.mark.parametrize("q, tile, side, gain", [(1, (128, 128), 1, 1.0), (8, (128, 128), 1, 1.0), (4, (73, 144), 1, 1.0),
                                                  (4, (145, 192), 1, 1.0), (4, (73, 144), 1, 300.0), (4, (73, 144), 3, 1.0)])
 def test_integer_hyper_synthesis_of_small_tiles(rt, q, tile, side, gain):
-    """A few small tiles' hyper-latents are below FLOAT64_BELOW: the compiled scatter
+    """A few small tiles' hyper-latents are below SCATTER_BELOW: the compiled scatter
     (float32 where the bound allows, else float64; 300x larger hyper-latents need float64),
     the same integers; for 73 x 144 (latents 5 x 9 of the last layer's 8 x 12) the last two
     layers compute only the rows and columns those outputs need."""
     z_hat, y_shape = _hyper_latents(rt, q, side=side, tile=tile)
     z_hat = z_hat * gain
-    assert z_hat.numel() <= FLOAT64_BELOW
+    assert z_hat.numel() <= SCATTER_BELOW
     want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
     np.testing.assert_array_equal(rt.int_hs.indexes(z_hat, y_shape), want)
 
