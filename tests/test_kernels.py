@@ -48,7 +48,7 @@ def _reference_indexes(ih, z_hat, y_shape):
 
 def _hyper_latents(rt, q, side=8, tile=(128, 128)):
     """Dequantised hyper-latents of side x side tiles of real relief at level ``q``: with
-    8 x 8 tiles of 128 x 128, every layer's input is above SCATTER_BELOW (the float32 path)."""
+    8 x 8 tiles of 128 x 128, every layer's input is above SCATTER_BELOW (oneDNN's float32 digits)."""
     th, tw = tile
     relief = load_field("ferret_etopo5_relief.npz", "rose")[600 : 600 + th * side, 1600 : 1600 + tw * side]
     relief = relief.astype(np.float32)
@@ -68,7 +68,7 @@ def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     want, one_digit = _reference_indexes(rt.int_hs, z_hat, y_shape)
     if gain > 1:
         assert not any(one_digit)  # every layer needs several digits
-    assert z_hat.numel() > SCATTER_BELOW  # so every layer runs the float32 path
+    assert z_hat.numel() > SCATTER_BELOW  # so every layer runs oneDNN's float32 digits
     got = rt.int_hs.indexes(z_hat, y_shape)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, want)
