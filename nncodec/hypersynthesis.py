@@ -138,19 +138,20 @@ class IntegerHyperSynthesis:
     def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
         """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
         a = np.rint(z_hat.detach().to("cpu", torch.float64).numpy() * 2.0**ACT_FRAC_BITS)
-        if a.size and not np.abs(a).max() < MAX_EXACT:  # NaN, inf or huge: no exact result
+        if a.size and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
             raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
         if not self.layers:
             raise ValueError("integer hyper-synthesis has no layers")
         last = len(self.layers) - 1
         # the rows and columns each layer's output must have: the last layer's, y_shape;
-        # the one before, what the last reads of it (a stride-1 convolution: little more)
+        # the one before, what the last reads of it
+        read = _input_read(self.layers[last], y_shape)
         needed = [None] * last + [tuple(y_shape)]
-        if last and not self.layers[last]["transposed"] and self.layers[last]["stride"] == 1:
-            needed[last - 1] = tuple(n + self.layers[last]["padding"] for n in y_shape)
+        if last and read is not None:
+            needed[last - 1] = read
         for i, layer in enumerate(self.layers):
-            if i == last:
-                a = self._crop_input(layer, a, y_shape)
+            if i == last and read is not None:
+                a = a[..., : read[0], : read[1]]  # the scatter made no more; oneDNN's path did
             acc = self._conv(i, a, needed[i])
             out = np.empty(acc.shape[:2] + tuple(y_shape), np.int32) if i == last else acc
             if not _layer_output(acc, self._bias[i], layer["relu"], self._mult[i],
@@ -158,16 +159,6 @@ class IntegerHyperSynthesis:
                 raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
             a = out
         return out
-
-    @staticmethod
-    def _crop_input(layer: dict, a: np.ndarray, y_shape: tuple[int, int]) -> np.ndarray:
-        """The rows and columns of a stride-1 convolution's input that the outputs within
-        ``y_shape`` read (a tile's latents can cover little more than half the last
-        layer's output, e.g. 5 x 9 of 8 x 12)."""
-        if layer["transposed"] or layer["stride"] != 1:
-            return a
-        p = layer["padding"]
-        return a[..., : y_shape[0] + p, : y_shape[1] + p]
 
     def _conv(self, i: int, a: np.ndarray, needed: tuple[int, int] | None = None) -> np.ndarray:
         """Layer ``i``'s convolution of integer activations ``a`` (float64), exactly, as a
@@ -206,6 +197,15 @@ class IntegerHyperSynthesis:
         if layer["transposed"]:
             return F.conv_transpose2d(a, w, output_padding=layer["output_padding"], **geometry)
         return F.conv2d(a, w, **geometry)
+
+
+def _input_read(layer: dict, y_shape: tuple[int, int]) -> tuple[int, int] | None:
+    """The rows and columns of a stride-1 convolution's input that its outputs within
+    ``y_shape`` read (a tile's latents can cover little more than half the last layer's
+    output, e.g. 5 x 9 of 8 x 12); None for other layers (all of it)."""
+    if layer["transposed"] or layer["stride"] != 1:
+        return None
+    return y_shape[0] + layer["padding"], y_shape[1] + layer["padding"]
 
 
 def _scattered(layer: dict, taps: np.ndarray, a: np.ndarray, needed: tuple[int, int] | None = None) -> np.ndarray:
