@@ -209,7 +209,7 @@ def test_decode_identical_across_threads_and_batches(tmp_path, kwargs):
 
 @pytest.mark.parametrize("kwargs", [{"quality": 3}, {"abs_error": 0.05}])
 def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
-    """A one-tile chunk is coded whole on its calling thread, single-threaded. From several threads at once
+    """A one-tile chunk is coded whole on a tile-pool thread. From several threads at once
     (as zarr codes chunks) it gives the bytes and values of one chunk at a time, and in
     learned mode its tile decodes to the values the same tile has inside a larger chunk
     (whose tiles the pool runs side by side)."""
@@ -223,33 +223,6 @@ def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
             np.testing.assert_array_equal(got, want)
     if "quality" in kwargs:
         np.testing.assert_array_equal(codec.decode(codec.encode(ts)), np.stack(values))
-
-
-def test_one_tile_coding_puts_the_callers_torch_threads_back():
-    """A one-tile chunk runs on the calling thread with torch single-threaded for the
-    call (the kernels of a tile-pool thread, no hand-over), and the caller's thread count
-    is put back afterwards, also when the coding fails."""
-    import torch
-
-    from nncodec.models import tilepool
-
-    ts = load_field("iris_glosea4_surface_temperature.npz", "ts")[12, 0].astype(np.float32)
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        assert tilepool.run(torch.get_num_threads) == 1
-        with pytest.raises(ZeroDivisionError):
-            tilepool.run(lambda: 1 / 0)
-        assert torch.get_num_threads() == 3
-        codec = NNCodec(quality=4)
-        buf = codec.encode(ts)
-        values = codec.decode(buf)
-        assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
-    with ThreadPoolExecutor(1) as other:  # a fresh thread; from the tile pool on the same bytes
-        assert other.submit(codec.encode, ts).result() == buf
-        np.testing.assert_array_equal(tilepool.pool().submit(codec.decode, buf).result(), values)
 
 
 def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):

@@ -101,10 +101,10 @@ class Runtime:
         return copy.deepcopy(self.g_s).double()
 
     def one_tile(self, func, *args):
-        """``func(*args)``, the coding of a chunk that is one tile: on the CPU with torch
-        single-threaded on the calling thread (:func:`.tilepool.run`: the same kernels as
-        a tile-pool thread, and concurrent callers do not each start OpenMP threads of
-        their own); elsewhere as it is."""
+        """``func(*args)``, the coding of a chunk that is one tile: on the CPU on one
+        tile-pool thread (:func:`.tilepool.run`: one hand-over, the same single-thread
+        kernels, and concurrent callers share the pool instead of each starting OpenMP
+        threads of its own); elsewhere here."""
         return tilepool.run(func, *args) if self.device.type == "cpu" else func(*args)
 
     @staticmethod

@@ -16,8 +16,6 @@ as ``torch.get_num_threads()`` had when the pool was made.
 A thread that already runs torch single-threaded (every thread of a Dask worker, whose
 nanny sets ``OMP_NUM_THREADS=1``) runs its tiles itself, the same kernels as a pool
 thread: handing over would only queue the worker's threads behind one pool thread.
-Work around a single tile (:func:`run`) runs on the calling thread in any case, made
-single-threaded for the call.
 """
 
 from __future__ import annotations
@@ -88,23 +86,25 @@ def _single_threaded() -> bool:
 
 
 def run(func, *args):
-    """``func(*args)`` on the calling thread, with torch single-threaded there for the
-    call (where :func:`map_tiles` then runs its tiles in order, on this thread).
+    """``func(*args)`` on one of the pool's threads (where :func:`map_tiles` runs its
+    tiles in order, on that thread), waiting for it.
 
-    For work around a single tile (a small chunk's whole decode): the same single-thread
-    kernels as on a pool thread, without a hand-over to one (measured: a tenth of a
-    73 x 144 chunk's decode). Many callers at once (zarr decoding chunks concurrently,
-    Dask threads) each run one thread, rather than each starting a team of OpenMP
-    threads. OpenMP's thread count is the calling thread's own, and is put back after.
+    For work around a single tile (a small chunk's whole decode): the caller hands over
+    once, and the single-threaded pool thread runs the rest, the network included. Many
+    callers at once (zarr decoding chunks concurrently, Dask threads) then share the
+    pool's threads instead of each starting a team of OpenMP threads of its own. A
+    single-threaded caller runs ``func`` itself.
+
+    A multi-threaded caller does not switch its own torch to one thread for the call
+    instead (tried in 0.14.0: about a tenth faster on one 73 x 144 chunk at a time):
+    ``torch.set_num_threads`` also stores the count that any thread starts with when it
+    first uses torch, so threads starting meanwhile (zarr's, the user's) stayed
+    single-threaded for good, and 6 threads decoding such chunks crowded 2 cores (28 ->
+    20 MB/s).
     """
     if _single_threaded():
         return func(*args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return func(*args)
-    finally:
-        torch.set_num_threads(threads)
+    return pool().submit(func, *args).result()
 
 
 def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
