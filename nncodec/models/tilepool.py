@@ -96,7 +96,7 @@ def run(func, *args):
     single-threaded caller runs ``func`` itself.
 
     A multi-threaded caller does not switch its own torch to one thread for the call
-    instead (tried in 0.14.0: about a tenth faster on one 73 x 144 chunk at a time):
+    instead (tried after 0.13.0: about a tenth faster on one 73 x 144 chunk at a time):
     ``torch.set_num_threads`` also stores the count that any thread starts with when it
     first uses torch, so threads starting meanwhile (zarr's, the user's) stayed
     single-threaded for good, and 6 threads decoding such chunks crowded 2 cores (28 ->
