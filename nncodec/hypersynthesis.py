@@ -8,8 +8,8 @@ can flip an index near a table boundary and turn the rest of the stream into gar
 latent-variable models"): weights are integers with a power-of-two scale per output
 channel, activations are fixed-point integers, and every product and sum is an exact
 integer below 2**53 held in float64, so the summation order cannot change any result.
-Scale indexes are then found by exact comparisons with the scale table. The path
-always runs on the CPU and gives identical integers everywhere.
+Scale indexes are then found by exact comparisons with the scale table. The integers
+are identical everywhere: on the CPU, and on a GPU where the hyper-latents are there.
 
 Speed without giving that up: a convolution runs in float32 (oneDNN's fast kernels)
 whenever a bound computed from its weights and inputs proves every partial sum an
@@ -17,7 +17,9 @@ integer below 2**24, which float32 holds exactly in any summation order; larger
 activations are split into digits that keep that bound. A small input (a few small
 tiles') is instead scattered through the kernel taps by a compiled loop that skips its
 zeros (after a ReLU, half or more of them), in float32 where that bound allows, else in
-float64.
+float64. On a GPU, larger inputs run there in float64, as matrix products of the
+integers (im2col and col2im around them: copies and integer sums, never a transform
+such as a convolution library's FFT or Winograd algorithms, which would not be exact).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ MAX_EXACT_F32 = 2.0**24
 #: convolution inputs of at most this many values run in :func:`_scatter_conv`, faster than
 #: oneDNN's float32 below it on the test machine
 SCATTER_BELOW = 8192
+#: tiles per matrix product of :meth:`IntegerHyperSynthesis.indexes_by_products`: its
+#: im2col columns then take at most about 230 MB (256 x 256 tiles, float64)
+TILES_PER_PRODUCT = 256
 _NO_THRESHOLDS = np.empty(0)  # _layer_output of a hidden layer
 THRESHOLD_SLOTS = 64  # scale-table thresholds _layer_output searches (SCALES_LEVELS - 1 used)
 
@@ -94,6 +99,7 @@ class IntegerHyperSynthesis:
         if len(thr) > THRESHOLD_SLOTS:
             raise ValueError(f"the weights file has {len(thr) + 1} scales; nncodec supports at most {THRESHOLD_SLOTS + 1}")
         self._padded_thresholds = np.concatenate((thr, np.full(THRESHOLD_SLOTS - len(thr), np.inf)))
+        self._on_device = {}  # device -> the layers' tensors there (_device_layers)
 
     @classmethod
     def from_float(cls, h_s: torch.nn.Sequential, scale_table: torch.Tensor) -> IntegerHyperSynthesis:
@@ -136,7 +142,10 @@ class IntegerHyperSynthesis:
         return obj
 
     def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
-        """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents."""
+        """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents:
+        on the GPU where ``z_hat`` is there and not small, else on the CPU."""
+        if z_hat.device.type == "cuda" and z_hat.numel() > SCATTER_BELOW:
+            return self.indexes_by_products(z_hat, y_shape)
         a = np.rint(z_hat.detach().to("cpu", torch.float64).numpy() * 2.0**ACT_FRAC_BITS)
         if a.size and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
             raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
@@ -191,12 +200,64 @@ class IntegerHyperSynthesis:
                 return np.ascontiguousarray(acc.numpy())
             rest, place = top, place * radix
 
+    def indexes_by_products(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
+        """:meth:`indexes` computed on ``z_hat``'s device in float64, each convolution as
+        one matrix product of integers (:func:`_conv_by_products`): exact while every
+        partial sum stays below 2**53, which max|input| times the layer's sum of |weights|
+        bounds and is checked per layer. The GPU path; on the CPU the same integers."""
+        if z_hat.shape[0] > TILES_PER_PRODUCT:
+            return np.concatenate([self.indexes_by_products(z_hat[i : i + TILES_PER_PRODUCT], y_shape)
+                                   for i in range(0, z_hat.shape[0], TILES_PER_PRODUCT)])
+        a = torch.round(z_hat.detach().double() * 2.0**ACT_FRAC_BITS)
+        last = len(self.layers) - 1
+        for i, (layer, dev) in enumerate(zip(self.layers, self._device_layers(a.device))):
+            if not _abs_max(a) * self._wsum[i] < MAX_EXACT:  # NaN and inf too
+                raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
+            v = _conv_by_products(layer, a, dev["weight"]).add_(dev["bias"])
+            if layer["relu"]:
+                v.clamp_(min=0)
+            if not _abs_max(v) < MAX_EXACT:
+                raise OverflowError("integer hyper-synthesis left the exact range; the weights are unfit")
+            v.mul_(dev["mult"])
+            if i < last:
+                a = torch.floor(v.add_(0.5))
+        scales = v[..., : y_shape[0], : y_shape[1]].contiguous()
+        return torch.searchsorted(dev["thresholds"], scales, side="left").to("cpu", torch.int32).numpy()
+
+    def _device_layers(self, device: torch.device) -> list[dict]:
+        """Per layer its float64 weights, bias and rescaling (broadcast over (B, C, H, W)),
+        and the scale thresholds, on ``device`` (kept after the first use there)."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = [
+                {"weight": layer["weight"].to(device, torch.float64),
+                 "bias": torch.from_numpy(bias).to(device).view(1, -1, 1, 1),
+                 "mult": torch.from_numpy(mult).to(device).view(1, -1, 1, 1),
+                 "thresholds": torch.from_numpy(self.thresholds).to(device)}
+                for layer, bias, mult in zip(self.layers, self._bias, self._mult)
+            ]
+        return self._on_device[key]
+
     @staticmethod
     def _conv_as(layer: dict, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         geometry = {"stride": layer["stride"], "padding": layer["padding"]}
         if layer["transposed"]:
             return F.conv_transpose2d(a, w, output_padding=layer["output_padding"], **geometry)
         return F.conv2d(a, w, **geometry)
+
+
+def _conv_by_products(layer: dict, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Layer ``layer``'s convolution (no bias) of ``a`` (B, C, H, W) with its weights ``w``
+    as one matrix product: im2col (``F.unfold``) then the product for a convolution; the
+    product then col2im (``F.fold``, which sums the overlaps) for a transposed one."""
+    k, s, p = w.shape[-1], layer["stride"], layer["padding"]
+    b, c, h, width = a.shape
+    if layer["transposed"]:
+        cols = w.reshape(c, -1).t() @ a.reshape(b, c, h * width)  # (B, C' k k, H W)
+        size = [(n - 1) * s - 2 * p + k + layer["output_padding"] for n in (h, width)]
+        return F.fold(cols, size, k, padding=p, stride=s)
+    size = [(n + 2 * p - k) // s + 1 for n in (h, width)]
+    return (w.reshape(w.shape[0], -1) @ F.unfold(a, k, padding=p, stride=s)).reshape(b, w.shape[0], *size)
 
 
 def _input_read(layer: dict, y_shape: tuple[int, int]) -> tuple[int, int] | None:

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from nncodec import NNCodec
+from nncodec.hypersynthesis import SCATTER_BELOW
+from nncodec.weights import load
 
 from conftest import load_field
+from test_kernels import _hyper_latents
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -40,3 +43,13 @@ def test_error_bounded_chunks_decode_identically_and_keep_the_bound(fields):
     on_gpu, on_cpu = NNCodec(device="cuda").decode(buf), NNCodec(device="cpu").decode(buf)
     assert np.array_equal(on_gpu, on_cpu)
     assert np.abs(on_cpu.astype(np.float64) - x).max() <= bound
+
+
+@pytest.mark.parametrize("q, gain", [(4, 1.0), (4, 300.0)])
+def test_integer_hyper_synthesis_on_the_gpu_gives_the_cpus_integers(q, gain):
+    """Hyper-latents on the GPU (64 tiles of relief) take the device path, exactly."""
+    z_hat, y_shape = _hyper_latents(load("hyperprior-climate-v2", "cpu"), q)
+    z_hat = z_hat * gain
+    assert z_hat.numel() > SCATTER_BELOW
+    rt = load("hyperprior-climate-v2", "cuda")
+    np.testing.assert_array_equal(rt.int_hs.indexes(z_hat.cuda(), y_shape), rt.int_hs.indexes(z_hat, y_shape))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nncodec import hypersynthesis
 from nncodec.hypersynthesis import ACT_FRAC_BITS, SCATTER_BELOW, MAX_EXACT_F32, _abs_max, _layer_output
 from nncodec.models.transforms import decoder_synthesis, encoder_analysis
 from nncodec.normalize import fill_nonfinite
@@ -89,6 +90,22 @@ def test_integer_hyper_synthesis_of_small_tiles(rt, q, tile, side, gain):
     np.testing.assert_array_equal(rt.int_hs.indexes(z_hat, y_shape), want)
 
 
+@pytest.mark.parametrize("q, tile, side, gain", [(1, (128, 128), 8, 1.0), (8, (128, 128), 8, 1.0), (4, (128, 128), 8, 300.0),
+                                                 (4, (73, 144), 1, 1.0), (4, (145, 192), 3, 1.0)])
+def test_integer_hyper_synthesis_by_matrix_products_is_exact(rt, q, tile, side, gain, monkeypatch):
+    """The GPU's form (float64 matrix products of the integers, im2col and col2im around
+    them), run here on the CPU: the same integers, cropped to the latents' shape."""
+    z_hat, y_shape = _hyper_latents(rt, q, side=side, tile=tile)
+    z_hat = z_hat * gain
+    want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
+    got = rt.int_hs.indexes_by_products(z_hat, y_shape)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    if side == 8:  # 64 tiles, in products of 24 tiles at most
+        monkeypatch.setattr(hypersynthesis, "TILES_PER_PRODUCT", 24)
+        np.testing.assert_array_equal(rt.int_hs.indexes_by_products(z_hat, y_shape), want)
+
+
 def test_integer_hyper_synthesis_stays_exact_when_float32_is_relaxed(rt):
     """A user who lets float32 matrix products run in bfloat16 gets the float64 path."""
     z_hat, y_shape = _hyper_latents(rt, 4)
@@ -162,12 +179,13 @@ def test_encoder_analysis_is_the_trained_network(rt):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
-def test_integer_hyper_synthesis_refuses_non_finite_or_huge_input(rt, bad):
+@pytest.mark.parametrize("path", ["indexes", "indexes_by_products"])
+def test_integer_hyper_synthesis_refuses_non_finite_or_huge_input(rt, bad, path):
     """Raises at once (it once looped forever on NaN, splitting it into digits)."""
     z_hat, y_shape = _hyper_latents(rt, 4)
     z_hat[0, 0, 0, 0] = bad
     with pytest.raises(OverflowError, match="exact range"):
-        rt.int_hs.indexes(z_hat, y_shape)
+        getattr(rt.int_hs, path)(z_hat, y_shape)
 
 
 def _reference_fill(x, finite):

@@ -145,8 +145,7 @@ class Runtime:
         z = tilepool.map_tiles(self.h_a, y_g) if self.device.type == "cpu" else self.h_a(y_g)
         med = self.tables.medians.to(z.device).view(1, -1, 1, 1)
         z_sym = torch.round(z - med)
-        z_hat = (z_sym + med).cpu()
-        idx = self.int_hs.indexes(z_hat, tuple(y_g.shape[-2:]))
+        idx = self.int_hs.indexes(z_sym + med, tuple(y_g.shape[-2:]))  # on the GPU where z is
         y_sym = torch.round(y_g)
         return {"z": z_sym.to(torch.int32).cpu().numpy(), "y": y_sym.to(torch.int32).cpu().numpy(), "idx": idx}
 
@@ -250,9 +249,10 @@ class Runtime:
         return sym
 
     def indexes(self, z_sym: np.ndarray, y_shape: tuple[int, int]) -> np.ndarray:
-        """Decoder side: scale indexes from decoded hyper-latent symbols."""
+        """Decoder side: scale indexes from decoded hyper-latent symbols (on the GPU
+        when the network runs there: the same integers)."""
         z_hat = torch.from_numpy(z_sym).float() + self.tables.medians.view(1, -1, 1, 1)
-        return self.int_hs.indexes(z_hat, y_shape)
+        return self.int_hs.indexes(z_hat.to(self.device), y_shape)
 
     @torch.inference_mode()
     def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
