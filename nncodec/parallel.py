@@ -82,6 +82,9 @@ PLAN_VERSION = 1
 # a 2D slice up to this many values is one chunk; a larger slice is cut into pieces whose
 # edges are multiples of the codec's tile and at most this edge
 MAX_FIELD_EDGE = 1024
+# verify --fidelity keeps a variable (decoded and source) on the workers for its report's
+# two passes when both take at most this share of their memory limits
+HELD_SHARE = 0.25
 # encoding keys that say what the values mean (CF); storage keys of the source (its chunks,
 # compressors, netCDF settings) are dropped because the archive chooses its own
 _CF_KEYS = ("dtype", "_FillValue", "missing_value", "scale_factor", "add_offset", "units", "calendar")
@@ -1144,7 +1147,9 @@ def verify(store, source=None, *, fidelity=None, engine=None, client=None, progr
         with :func:`nncodec.fidelity.check_thresholds` on the
         :func:`~nncodec.fidelity.fidelity_report` of each whole nncodec variable against
         ``source`` (needed). The report is computed lazily on the cluster, so a variable
-        larger than memory is fine; it reads the store twice more.
+        larger than memory is fine; it reads the store once more where a variable and its
+        source take at most a quarter of the workers' memory (kept there for the report's
+        two passes), else twice more.
     engine : Engine, optional
         Where to run; default a local cluster.
     client : distributed.Client, optional
@@ -1208,7 +1213,9 @@ def _check_fidelity(client, path: Path, source: xr.Dataset, names, thresholds: d
     """Fidelity report of each whole variable against the source, checked against thresholds.
 
     The store is read as a Dask array, its chunks decoded on the workers (the source too
-    when it comes from files), so a variable need not fit in memory.
+    when it comes from files), so a variable need not fit in memory. The report takes two
+    passes over both; a variable that fits (:func:`_held`) is read once and kept on the
+    workers for them.
     """
     with _quiet_zarr():
         stored = xr.open_zarr(os.fspath(path))
@@ -1217,10 +1224,22 @@ def _check_fidelity(client, path: Path, source: xr.Dataset, names, thresholds: d
         decoded = stored[name]
         original = source[name].transpose(*decoded.dims)
         with dask.config.set(scheduler=client):
-            report = fidelity_report(original.data, decoded.data)
+            report = fidelity_report(*_held(client, [original.data, decoded.data]))
         ok, failures = check_thresholds(report, thresholds)
         out[name] = {"ok": ok, "failures": failures, "report": report}
     return out
+
+
+def _held(client, arrays: list) -> list:
+    """``arrays`` (Dask or NumPy), the Dask ones computed and kept on the cluster's
+    workers (``persist``) when together they take at most HELD_SHARE of the workers'
+    memory limits; else unchanged (then each pass over them reads them again)."""
+    lazy = [a for a in arrays if dask.is_dask_collection(a)]
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    if not lazy or not limits or 0 in limits or sum(a.nbytes for a in lazy) > HELD_SHARE * sum(limits):
+        return arrays
+    held = iter(client.persist(lazy))
+    return [next(held) if dask.is_dask_collection(a) else a for a in arrays]
 
 
 def _store_chunks(group, todo) -> dict:

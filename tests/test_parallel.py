@@ -188,6 +188,22 @@ def test_verify_passes_and_checks_the_bound_against_the_source(archive, inputs, 
 
 
 @pytest.mark.distributed
+def test_fidelity_report_keeps_what_fits_on_the_workers(cluster, monkeypatch):
+    """verify --fidelity's two passes read a variable once when it and its source fit in
+    a quarter of the workers' memory (persisted there); larger ones stay lazy."""
+    import dask.array as da
+    from distributed import futures_of
+
+    lazy, eager = da.arange(12_000, chunks=1000) * 0.5, np.ones(3)
+    held = parallel._held(cluster, [lazy, eager])
+    assert len(futures_of(held[0])) == 12 and not futures_of(lazy) and held[1] is eager
+    np.testing.assert_array_equal(held[0].compute(), lazy.compute())
+    limits = sum(w["memory_limit"] for w in cluster.scheduler_info()["workers"].values())
+    monkeypatch.setattr(parallel, "HELD_SHARE", 0.99 * lazy.nbytes / limits)
+    assert parallel._held(cluster, [lazy, eager])[0] is lazy
+
+
+@pytest.mark.distributed
 def test_verify_reports_corrupt_and_missing_chunks_by_key(archive, cluster, tmp_path):
     store = tmp_path / "damaged.zarr"
     shutil.copytree(archive[0], store)
