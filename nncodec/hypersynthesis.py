@@ -141,11 +141,13 @@ class IntegerHyperSynthesis:
         obj._prepare()
         return obj
 
-    def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
-        """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents:
-        on the GPU where ``z_hat`` is there and not small, else on the CPU."""
-        if z_hat.device.type == "cuda" and z_hat.numel() > SCATTER_BELOW:
-            return self.indexes_by_products(z_hat, y_shape)
+    def indexes(self, z_hat: torch.Tensor, y_shape: tuple[int, int], device=None) -> np.ndarray:
+        """Scale indexes (int32, shape (B, M, *y_shape)) for dequantised hyper-latents,
+        on ``device`` (default ``z_hat``'s) where that is a GPU and ``z_hat`` is not
+        small, else on the CPU."""
+        device = z_hat.device if device is None else torch.device(device)
+        if device.type == "cuda" and z_hat.numel() > SCATTER_BELOW:
+            return self.indexes_by_products(z_hat.to(device), y_shape)
         a = np.rint(z_hat.detach().to("cpu", torch.float64).numpy() * 2.0**ACT_FRAC_BITS)
         if a.size and not _abs_max(a) < MAX_EXACT:  # NaN, inf or huge: no exact result
             raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")

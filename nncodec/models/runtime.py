@@ -252,7 +252,7 @@ class Runtime:
         """Decoder side: scale indexes from decoded hyper-latent symbols (on the GPU
         when the network runs there: the same integers)."""
         z_hat = torch.from_numpy(z_sym).float() + self.tables.medians.view(1, -1, 1, 1)
-        return self.int_hs.indexes(z_hat.to(self.device), y_shape)
+        return self.int_hs.indexes(z_hat, y_shape, self.device)
 
     @torch.inference_mode()
     def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
