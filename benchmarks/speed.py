@@ -53,6 +53,7 @@ QUALITIES = [1, 4, 8]
 STACKED = [("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity", 64),
            ("iris_glosea4_surface_temperature.npz", "ts", 24)]
 ZARR_BATCH = 16  # zarr's codec_pipeline.batch_size in the batched zarr reads
+WORKER_CALLERS = (1, 2, 6)  # calling threads of a one-thread process (worker_threads)
 #: (file, function) -> stage, for cProfile. The stages are disjoint call subtrees, so
 #: their cumulative times add up.
 STAGES = {
@@ -141,19 +142,20 @@ def stacked_chunks(data: Path) -> list[dict]:
     return rows
 
 
-#: one-slice chunks coded by 1 and 2 threads of a process with OMP_NUM_THREADS=1 (a Dask worker's setting)
+#: one-slice chunks coded by 1, 2 and 6 threads of a process with OMP_NUM_THREADS=1 (a Dask worker's
+#: setting; 6: as many as zarr's threads decoding format-2 chunks on 2 cores)
 _WORKER_THREADS = """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, torch
 from nncodec import NNCodec
-file, var, n = sys.argv[1:4]
+file, var, n, callers = sys.argv[1:5]
 arr = np.load(file)[var]
 stack = arr.astype(np.float32).reshape(-1, *arr.shape[-2:])[: int(n)]
 codec = NNCodec(quality=4)
 bufs = [codec.encode(c) for c in stack]
 out = {"torch_threads": torch.get_num_threads()}
-for threads in (1, 2):
+for threads in map(int, callers.split(",")):
     with ThreadPoolExecutor(threads) as ex:
         for op, items in (("decode", bufs), ("encode", list(stack))):
             best = float("inf")
@@ -167,9 +169,10 @@ print(json.dumps(out))
 
 
 def worker_threads(data: Path) -> list[dict]:
-    """MB/s of one-slice chunks (nncodec quality 4) coded one after another by 1 and by 2
+    """MB/s of one-slice chunks (nncodec quality 4) coded one after another by 1, 2 and 6
     threads of a fresh process with ``OMP_NUM_THREADS=1``, as Dask's nannies start workers:
-    each thread runs the network itself (the tile pool is for multi-threaded torch)."""
+    each thread runs the network itself (the tile pool is for multi-threaded torch), at
+    most one per core at a time."""
     import json
     import os
     import subprocess
@@ -177,7 +180,8 @@ def worker_threads(data: Path) -> list[dict]:
 
     rows = []
     for file, var, n in STACKED:
-        done = subprocess.run([sys.executable, "-c", _WORKER_THREADS, str(data / file), var, str(n)],
+        callers = ",".join(map(str, WORKER_CALLERS))
+        done = subprocess.run([sys.executable, "-c", _WORKER_THREADS, str(data / file), var, str(n), callers],
                               capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         rows.append({"field": f"{file}:{var}", "slices": n, **json.loads(done.stdout)})
     return rows
@@ -376,13 +380,17 @@ def main() -> None:
         "In a process whose torch runs one thread (`OMP_NUM_THREADS=1`, as Dask's nannies start "
         "workers), each thread that calls the codec runs the network itself, so a worker's threads "
         "code side by side (until 0.12.0 they queued behind the process's one tile-pool thread: "
-        "73 x 144 chunks from 2 threads decoded at 19.9 and encoded at 8.1 MB/s). One-slice "
-        "chunks, one call each, MB/s:",
+        "73 x 144 chunks from 2 threads decoded at 19.9 and encoded at 8.1 MB/s), at most one per "
+        "core at a time: more callers, such as zarr's 6 threads decoding format-2 chunks, take turns "
+        "(until 0.13.0 they all ran at once: 73 x 144 chunks from 6 threads decoded at 17-19 MB/s, "
+        "against 22-26 so, same-session A/B). One-slice chunks, one call each, MB/s:",
         "",
-        "| field | slices | decode, 1 thread | decode, 2 threads | encode, 1 thread | encode, 2 threads |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r['field']} | {r['slices']} | {r['decode_1']:.1f} | {r['decode_2']:.1f} | "
-          f"{r['encode_1']:.1f} | {r['encode_2']:.1f} |" for r in result["worker_threads"]],
+        "| field | slices | " + " | ".join(f"{op}, {k} thread{'s' * (k > 1)}" for op in ("decode", "encode")
+                                         for k in WORKER_CALLERS) + " |",
+        "|---|---|" + "---|" * (2 * len(WORKER_CALLERS)),
+        *[f"| {r['field']} | {r['slices']} | "
+          + " | ".join(f"{r[f'{op}_{k}']:.1f}" for op in ("decode", "encode") for k in WORKER_CALLERS) + " |"
+          for r in result["worker_threads"]],
         "",
         f"## Where the time goes ({result['profile']['chunk']}, cProfile)",
         "",

@@ -34,10 +34,10 @@ def count() -> int:
     if torch is not None:
         return max(1, torch.get_num_threads())
     env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else _usable_cores()
+    return int(env) if env.isdigit() and int(env) > 0 else usable_cores()
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """The cores this process may run on (its affinity where the OS has one, as on Linux)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -61,7 +61,7 @@ def side_by_side(func, n: int) -> list:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(_usable_cores(), thread_name_prefix="nncodec-host")
+            _pool = ThreadPoolExecutor(usable_cores(), thread_name_prefix="nncodec-host")
     others = [_pool.submit(share, j) for j in range(1, threads)]
     try:
         share(0)

@@ -225,6 +225,36 @@ def test_one_tile_chunks_coded_concurrently_as_one_at_a_time(kwargs):
         np.testing.assert_array_equal(codec.decode(codec.encode(ts)), np.stack(values))
 
 
+def test_single_threaded_callers_run_at_most_one_tile_per_core_at_once():
+    """In a one-thread process (a Dask worker), more callers than cores (zarr's threads)
+    take turns rather than crowd the cores; a call nested in another does not wait."""
+    script = """
+import threading, time
+from concurrent.futures import ThreadPoolExecutor
+import torch
+from nncodec.models import tilepool
+from nncodec.threads import usable_cores
+lock, now, most = threading.Lock(), [0], [0]
+
+def tile():
+    with lock:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+    time.sleep(0.05)
+    with lock:
+        now[0] -= 1
+    return tilepool.run(threading.current_thread)  # nested: runs at once, here
+
+with ThreadPoolExecutor(usable_cores() + 3) as ex:
+    ran = list(ex.map(lambda _: (threading.current_thread(), tilepool.run(tile)), range(4 * usable_cores() + 4)))
+print(torch.get_num_threads(), most[0] == usable_cores(), all(a is b for a, b in ran), tilepool.started() is None)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "True", "True", "True"]
+
+
 def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):
     """Lanes run on a thread pool; a child forked after its parent used the pool (as
     multiprocessing does on Linux) starts its own rather than handing work to threads it

@@ -26,18 +26,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..threads import usable_cores
+
 _pool: ThreadPoolExecutor | None = None
 _threads = 0  # the pool's thread count
 SHARES_PER_THREAD = 4  # map_tiles hands each thread about this many runs of tiles
 _lock = threading.Lock()
-_here = threading.local()  # ``inside`` is set in the pool's own threads
+_here = threading.local()  # ``inside``: a pool thread; ``holding``: a caller within run's cap
+#: how many of run's single-threaded callers may run at once: the process's cores
+_cores = threading.BoundedSemaphore(usable_cores())
 
 
 def _forget_in_child() -> None:
     """A forked child has none of its parent's threads: a pool inherited from the parent
     would take work that no thread ever runs. The child starts its own on first use."""
-    global _pool, _lock
-    _pool, _lock = None, threading.Lock()
+    global _pool, _lock, _cores
+    _pool, _lock, _cores = None, threading.Lock(), threading.BoundedSemaphore(usable_cores())
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -93,7 +97,10 @@ def run(func, *args):
     once, and the single-threaded pool thread runs the rest, the network included. Many
     callers at once (zarr decoding chunks concurrently, Dask threads) then share the
     pool's threads instead of each starting a team of OpenMP threads of its own. A
-    single-threaded caller runs ``func`` itself.
+    single-threaded caller runs ``func`` itself, at most as many at once as the process
+    has cores: more wait their turn, rather than crowd the cores (a Dask worker reading
+    format-2 chunks decodes them on all of zarr's threads: measured with 6 threads in a
+    one-thread process on 2 cores, 73 x 144 chunks decoded at 22 MB/s uncapped, 29 so).
 
     A multi-threaded caller does not switch its own torch to one thread for the call
     instead (tried after 0.13.0: about a tenth faster on one 73 x 144 chunk at a time):
@@ -102,8 +109,15 @@ def run(func, *args):
     single-threaded for good, and 6 threads decoding such chunks crowded 2 cores (28 ->
     20 MB/s).
     """
-    if _single_threaded():
+    if getattr(_here, "inside", False) or getattr(_here, "holding", False):
         return func(*args)
+    if torch.get_num_threads() == 1:
+        with _cores:
+            _here.holding = True
+            try:
+                return func(*args)
+            finally:
+                _here.holding = False
     return pool().submit(func, *args).result()
 
 
