@@ -532,12 +532,14 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
         # by side: the residual coder is a numba kernel that releases the GIL)
         best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
             group[i].offset)), quant, rt.tables)[1]}, len(group))
-        for q in [quality] if quality else _search_levels(rt.qualities):
+        # highest level first: its residual bits then bound those of every lower level
+        for q in [quality] if quality else _search_levels(rt.qualities)[::-1]:
             _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant,
                        lambda open_, make: once((n, q, tuple(open_)), make))
         if refine:
             by_q = {}
             for i, c in enumerate(best):
+                c.pop("floor", None)  # it bounds lower levels; the refined latents are at the same level
                 if "q" in c:
                     by_q.setdefault(c["q"], []).append(i)
             for q, sub in by_q.items():
@@ -554,14 +556,24 @@ def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
     """Where the network at level ``q`` (symbols ``sym``) plus the residual layer costs
     fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place).
     ``kept(open_, make)``, if given, returns the synthesis of tiles ``open_`` from an earlier
-    call, or ``make()``'s."""
+    call, or ``make()``'s.
+
+    A tile is synthesised only where its latents' bits plus a lower bound of its residual
+    bits beat its best: the residual bits at the last level tried for it (``best[i]["floor"]``,
+    which this sets), as levels are tried from the highest down and a lower level's
+    coarser reconstruction leaves more residual. (Measured in 0.14.0 with every level
+    tried, on held-out TS, vorticity, precipitation, relief and SST at bounds of 3e-2 ..
+    1e-3 of the range: a lower level's residual took fewer bits than a higher one's in
+    3 vorticity tiles at 1e-3, by at most 0.3 %, and no tile's choice changed. Those
+    fields and turbulence then encoded to the same bytes as in 0.13.0, 1.1-1.8x faster at
+    1e-3, where every level used to be synthesised, and 1.0-1.4x at 1e-2.)"""
     tables = rt.tables
     net_bits = [
         tables.symbol_bits("z", sym["z"][i], channel_indexes(sym["z"][i].shape)).sum()
         + tables.symbol_bits("y", sym["y"][i], sym["idx"][i]).sum()
         for i in range(len(group))
     ]
-    open_ = [i for i in range(len(group)) if net_bits[i] < best[i]["bits"]]
+    open_ = [i for i in range(len(group)) if net_bits[i] + best[i].get("floor", 0.0) < best[i]["bits"]]
     if not open_:
         return
 
@@ -577,6 +589,7 @@ def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
 
     for i, res_bits in zip(open_, side_by_side(residual_bits, len(open_))):
         bits = net_bits[i] + res_bits
+        best[i]["floor"] = res_bits
         if bits < best[i]["bits"]:
             best[i].update(bits=bits, q=q, z=sym["z"][i], y=sym["y"][i], idx=sym["idx"][i])
 
