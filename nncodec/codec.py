@@ -506,9 +506,9 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
     same either way.
 
     ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level,
-    and the synthesis of each level that the search tries, for the next encoding of the same
-    tiles: they depend on neither the bound nor the level steps, so ``target_psnr``'s search
-    computes them once. Not with ``refine``.
+    and each tile's synthesis at each level that the search tries, for the next encoding of
+    the same tiles: they depend on neither the bound nor the level steps, so ``target_psnr``'s
+    search computes them once. Not with ``refine``.
     """
     memo = {} if memo is None or refine else memo
 
@@ -535,7 +535,7 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
         # highest level first: its residual bits then bound those of every lower level
         for q in [quality] if quality else _search_levels(rt.qualities)[::-1]:
             _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant,
-                       lambda open_, make: once((n, q, tuple(open_)), make))
+                       once((n, q, "syntheses"), dict))
         if refine:
             by_q = {}
             for i, c in enumerate(best):
@@ -552,11 +552,11 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
                 t.quality, t.z, t.y, t.idx = c["q"], c["z"], c["y"], c["idx"]
 
 
-def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
+def _try_level(rt, group, sym, q, best, quant, syntheses=None) -> None:
     """Where the network at level ``q`` (symbols ``sym``) plus the residual layer costs
     fewer bits than ``best[i]["bits"]``, make it tile i's choice (``best`` is updated in place).
-    ``kept(open_, make)``, if given, returns the synthesis of tiles ``open_`` from an earlier
-    call, or ``make()``'s.
+    ``syntheses`` (a dict, tile index -> synthesis at this level), if given, keeps the
+    tiles' syntheses from earlier calls, and this adds those it makes.
 
     A tile is synthesised only where its latents' bits plus a lower bound of its residual
     bits beat its best: the residual bits at the last level tried for it (``best[i]["floor"]``,
@@ -577,14 +577,14 @@ def _try_level(rt, group, sym, q, best, quant, kept=None) -> None:
     if not open_:
         return
 
-    def synthesis():
-        return rt.synthesise(sym["y"][open_], q, group[0].shape, reproducible=False)
-
-    recon = synthesis() if kept is None else kept(open_, synthesis)
+    syntheses = {} if syntheses is None else syntheses
+    todo = [i for i in open_ if i not in syntheses]
+    if todo:  # on the CPU each tile alone: the same values whichever tiles share the call
+        syntheses.update(zip(todo, rt.synthesise(sym["y"][todo], q, group[0].shape, reproducible=False)))
 
     def residual_bits(j):
         t = group[open_[j]]
-        pred = recon[j].astype(np.float64) * float(t.scale) + float(t.offset)
+        pred = syntheses[open_[j]].astype(np.float64) * float(t.scale) + float(t.offset)
         return _residual_bits(t, pred, quant, tables)[1]
 
     for i, res_bits in zip(open_, side_by_side(residual_bits, len(open_))):
