@@ -317,10 +317,10 @@ def test_level_search_from_the_top_writes_what_trying_every_level_does(monkeypat
 
     try_level = codec._try_level
 
-    def every_level(rt, group, sym, q, best, quant, kept=None):
+    def every_level(rt, group, sym, q, best, quant, syntheses=None):
         for c in best:
             c.pop("floor", None)
-        try_level(rt, group, sym, q, best, quant, kept)
+        try_level(rt, group, sym, q, best, quant, syntheses)
 
     monkeypatch.setattr(codec, "_try_level", every_level)
     assert NNCodec(abs_error=bound).encode(relief) == pruned
