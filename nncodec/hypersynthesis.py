@@ -202,6 +202,7 @@ class IntegerHyperSynthesis:
                 return np.ascontiguousarray(acc.numpy())
             rest, place = top, place * radix
 
+    @torch.inference_mode()
     def indexes_by_products(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> np.ndarray:
         """:meth:`indexes` computed on ``z_hat``'s device in float64, each convolution as
         one matrix product of integers (:func:`_conv_by_products`): exact while every

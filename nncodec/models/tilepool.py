@@ -100,7 +100,7 @@ def run(func, *args):
     single-threaded caller runs ``func`` itself, at most as many at once as the process
     has cores: more wait their turn, rather than crowd the cores (a Dask worker reading
     format-2 chunks decodes them on all of zarr's threads: measured with 6 threads in a
-    one-thread process on 2 cores, 73 x 144 chunks decoded at 22 MB/s uncapped, 29 so).
+    one-thread process on 2 cores, 73 x 144 chunks decoded at 17-19 MB/s uncapped, 22-26 so).
 
     A multi-threaded caller does not switch its own torch to one thread for the call
     instead (tried after 0.13.0: about a tenth faster on one 73 x 144 chunk at a time):
