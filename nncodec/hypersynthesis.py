@@ -99,7 +99,7 @@ class IntegerHyperSynthesis:
         if len(thr) > THRESHOLD_SLOTS:
             raise ValueError(f"the weights file has {len(thr) + 1} scales; nncodec supports at most {THRESHOLD_SLOTS + 1}")
         self._padded_thresholds = np.concatenate((thr, np.full(THRESHOLD_SLOTS - len(thr), np.inf)))
-        self._on_device = {}  # device -> the layers' tensors there (_device_layers)
+        self._on_device = {}  # device -> the layers' tensors and thresholds there (_on)
 
     @classmethod
     def from_float(cls, h_s: torch.nn.Sequential, scale_table: torch.Tensor) -> IntegerHyperSynthesis:
@@ -213,7 +213,8 @@ class IntegerHyperSynthesis:
                                    for i in range(0, z_hat.shape[0], TILES_PER_PRODUCT)])
         a = torch.round(z_hat.detach().double() * 2.0**ACT_FRAC_BITS)
         last = len(self.layers) - 1
-        for i, (layer, dev) in enumerate(zip(self.layers, self._device_layers(a.device))):
+        layers, thresholds = self._on(a.device)
+        for i, (layer, dev) in enumerate(zip(self.layers, layers)):
             if not _abs_max(a) * self._wsum[i] < MAX_EXACT:  # NaN and inf too
                 raise OverflowError("integer hyper-synthesis met hyper-latents outside its exact range")
             v = _conv_by_products(layer, a, dev["weight"]).add_(dev["bias"])
@@ -225,20 +226,18 @@ class IntegerHyperSynthesis:
             if i < last:
                 a = torch.floor(v.add_(0.5))
         scales = v[..., : y_shape[0], : y_shape[1]].contiguous()
-        return torch.searchsorted(dev["thresholds"], scales, side="left").to("cpu", torch.int32).numpy()
+        return torch.searchsorted(thresholds, scales, side="left").to("cpu", torch.int32).numpy()
 
-    def _device_layers(self, device: torch.device) -> list[dict]:
+    def _on(self, device: torch.device) -> tuple[list[dict], torch.Tensor]:
         """Per layer its float64 weights, bias and rescaling (broadcast over (B, C, H, W)),
         and the scale thresholds, on ``device`` (kept after the first use there)."""
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = [
-                {"weight": layer["weight"].to(device, torch.float64),
-                 "bias": torch.from_numpy(bias).to(device).view(1, -1, 1, 1),
-                 "mult": torch.from_numpy(mult).to(device).view(1, -1, 1, 1),
-                 "thresholds": torch.from_numpy(self.thresholds).to(device)}
-                for layer, bias, mult in zip(self.layers, self._bias, self._mult)
-            ]
+            layers = [{"weight": layer["weight"].to(device, torch.float64),
+                       "bias": torch.from_numpy(bias).to(device).view(1, -1, 1, 1),
+                       "mult": torch.from_numpy(mult).to(device).view(1, -1, 1, 1)}
+                      for layer, bias, mult in zip(self.layers, self._bias, self._mult)]
+            self._on_device[key] = layers, torch.from_numpy(self.thresholds).to(device)
         return self._on_device[key]
 
     @staticmethod
@@ -255,12 +254,19 @@ def _conv_by_products(layer: dict, a: torch.Tensor, w: torch.Tensor) -> torch.Te
     product then col2im (``F.fold``, which sums the overlaps) for a transposed one."""
     k, s, p = w.shape[-1], layer["stride"], layer["padding"]
     b, c, h, width = a.shape
+    size = _output_size(layer, k, h, width)
     if layer["transposed"]:
         cols = w.reshape(c, -1).t() @ a.reshape(b, c, h * width)  # (B, C' k k, H W)
-        size = [(n - 1) * s - 2 * p + k + layer["output_padding"] for n in (h, width)]
         return F.fold(cols, size, k, padding=p, stride=s)
-    size = [(n + 2 * p - k) // s + 1 for n in (h, width)]
     return (w.reshape(w.shape[0], -1) @ F.unfold(a, k, padding=p, stride=s)).reshape(b, w.shape[0], *size)
+
+
+def _output_size(layer: dict, k: int, h: int, w: int) -> list[int]:
+    """Rows and columns of layer ``layer``'s output (kernel ``k`` x ``k``) for an ``h`` x ``w`` input."""
+    s, p = layer["stride"], layer["padding"]
+    if layer["transposed"]:
+        return [(n - 1) * s - 2 * p + k + layer["output_padding"] for n in (h, w)]
+    return [(n + 2 * p - k) // s + 1 for n in (h, w)]
 
 
 def _input_read(layer: dict, y_shape: tuple[int, int]) -> tuple[int, int] | None:
@@ -277,15 +283,11 @@ def _scattered(layer: dict, taps: np.ndarray, a: np.ndarray, needed: tuple[int, 
     in the dtype of ``taps``, by :func:`_scatter_conv`: (B, C', H', W'), or only the
     first ``needed`` rows and columns of that."""
     b, _, h, w = a.shape
-    k, s, p = taps.shape[1], layer["stride"], layer["padding"]
-    if layer["transposed"]:
-        out_h, out_w = [(n - 1) * s - 2 * p + k + layer["output_padding"] for n in (h, w)]
-    else:
-        out_h, out_w = [(n + 2 * p - k) // s + 1 for n in (h, w)]
+    out_h, out_w = _output_size(layer, taps.shape[1], h, w)
     if needed is not None:
         out_h, out_w = min(out_h, needed[0]), min(out_w, needed[1])
     out = np.zeros((b, out_h, out_w, taps.shape[3]), taps.dtype)
-    _scatter_conv(np.ascontiguousarray(a), taps, layer["transposed"], s, p, out)
+    _scatter_conv(np.ascontiguousarray(a), taps, layer["transposed"], layer["stride"], layer["padding"], out)
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
