@@ -7,8 +7,8 @@ encode/decode MB/s per quality level, SZ3 and SPERR at a 1e-3 relative bound, th
 all in one run on the same slices (fastest of 3 repeats).
 
 Part 2 times small grids chunked one slice per chunk against several slices per chunk,
-and small chunks coded from 1 and 2 threads of a process whose torch runs one thread (as
-in a Dask worker).
+and small chunks coded from 1, 2 and 6 threads (``WORKER_CALLERS``) of a process whose
+torch runs one thread (as in a Dask worker).
 
 Part 3 profiles one decode and one encode of a 1024 x 1024 relief chunk with cProfile and
 splits the time into stages (synthesis / analysis network, integer hyper-synthesis, range
@@ -53,7 +53,9 @@ QUALITIES = [1, 4, 8]
 STACKED = [("ferret_fnoc_monthly_winds_vorticity.npz", "vorticity", 64),
            ("iris_glosea4_surface_temperature.npz", "ts", 24)]
 ZARR_BATCH = 16  # zarr's codec_pipeline.batch_size in the batched zarr reads
-WORKER_CALLERS = (1, 2, 6)  # calling threads of a one-thread process (worker_threads)
+#: calling threads of a one-thread process (worker_threads); 6: zarr's threads decoding
+#: format-2 chunks on 2 cores
+WORKER_CALLERS = (1, 2, 6)
 #: (file, function) -> stage, for cProfile. The stages are disjoint call subtrees, so
 #: their cumulative times add up.
 STAGES = {
@@ -142,8 +144,8 @@ def stacked_chunks(data: Path) -> list[dict]:
     return rows
 
 
-#: one-slice chunks coded by 1, 2 and 6 threads of a process with OMP_NUM_THREADS=1 (a Dask worker's
-#: setting; 6: as many as zarr's threads decoding format-2 chunks on 2 cores)
+#: one-slice chunks coded by the given numbers of threads of a process with OMP_NUM_THREADS=1
+#: (a Dask worker's setting)
 _WORKER_THREADS = """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
@@ -169,8 +171,8 @@ print(json.dumps(out))
 
 
 def worker_threads(data: Path) -> list[dict]:
-    """MB/s of one-slice chunks (nncodec quality 4) coded one after another by 1, 2 and 6
-    threads of a fresh process with ``OMP_NUM_THREADS=1``, as Dask's nannies start workers:
+    """MB/s of one-slice chunks (nncodec quality 4) coded one after another by each of
+    ``WORKER_CALLERS`` threads of a fresh process with ``OMP_NUM_THREADS=1``, as Dask's nannies start workers:
     each thread runs the network itself (the tile pool is for multi-threaded torch), at
     most one per core at a time."""
     import json
