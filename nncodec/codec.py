@@ -562,11 +562,12 @@ def _try_level(rt, group, sym, q, best, quant, syntheses=None) -> None:
     bits beat its best: the residual bits at the last level tried for it (``best[i]["floor"]``,
     which this sets), as levels are tried from the highest down and a lower level's
     coarser reconstruction leaves more residual. (Measured in 0.14.0 with every level
-    tried, on the last 12 slices of TS, vorticity, precipitation and SST and a relief crop,
-    at bounds of 3e-2 .. 1e-3 of the range: a lower level's residual took fewer bits than a higher one's in
-    3 vorticity tiles at 1e-3, by at most 0.3 %, and no tile's choice changed. Those
-    fields and turbulence then encoded to the same bytes as in 0.13.0, 1.1-1.8x faster at
-    1e-3, where every level used to be synthesised, and 1.0-1.4x at 1e-2.)"""
+    tried, on the last 12 slices of TS, vorticity, precipitation and SST and a relief
+    crop, at bounds of 3e-2 .. 1e-3 of the range: a lower level's residual took fewer bits
+    than a higher one's in 3 vorticity tiles at 1e-3, by at most 0.3 %, and no tile's
+    choice changed. Those fields and turbulence then encoded to the same bytes as in
+    0.13.0, 1.1-1.8x faster at 1e-3, where every level used to be synthesised, and
+    1.0-1.4x at 1e-2.)"""
     tables = rt.tables
     net_bits = [
         tables.symbol_bits("z", sym["z"][i], channel_indexes(sym["z"][i].shape)).sum()
