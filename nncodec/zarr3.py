@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -155,13 +154,14 @@ class NNCodecV3(ArrayBytesCodec):
         on this event loop for the same codec and operation when ``batches`` and the chunk
         is one tile."""
         if not (batches and self._one_tile(shape)):
-            # a larger chunk's tiles already fill the pool; such chunks are coded side by side
-            # (measured: batching eight 1024 x 1024 chunks was a fifth slower)
-            return await self._off_loop(shape, getattr(self._codec, op), data)
+            # off the event loop, as zarr's numcodecs wrappers do. A larger chunk's tiles already
+            # fill nncodec's tile pool; such chunks are coded side by side (measured: batching
+            # eight 1024 x 1024 chunks was a fifth slower)
+            return await asyncio.to_thread(getattr(self._codec, op), data)
         loop = asyncio.get_running_loop()
         waiting = _WAITING.setdefault(loop, {}).setdefault((self, op), [])
         done = loop.create_future()
-        waiting.append((data, shape, done))
+        waiting.append((data, done))
         if len(waiting) == 1:
             _DRAINS.add(loop.create_task(self._drain(op, waiting)))
         return await done
@@ -176,7 +176,7 @@ class NNCodecV3(ArrayBytesCodec):
         return await _all_at_once(self._decode_single, chunk_bytes_and_specs)
 
     async def _drain(self, op: str, waiting: list) -> None:
-        """Code the chunks in ``waiting`` (data, shape, future), as many at a time as have
+        """Code the chunks in ``waiting`` (data, future), as many at a time as have
         arrived, until none is left. A chunk that fails is retried alone, so that its
         error reaches its own reader or writer only."""
         try:
@@ -184,18 +184,18 @@ class NNCodecV3(ArrayBytesCodec):
             while waiting:
                 batch = waiting[:]
                 if len(batch) == 1:
-                    data, shape, done = batch[0]
+                    data, done = batch[0]
                     try:
-                        _settle(done, True, await self._off_loop(shape, getattr(self._codec, op), data))
+                        _settle(done, True, await asyncio.to_thread(getattr(self._codec, op), data))
                     except Exception as exc:
                         _settle(done, False, exc)
                 else:
-                    results = await asyncio.to_thread(_each, self._codec, op, [data for data, _, _ in batch])
-                    for (_, _, done), (ok, value) in zip(batch, results):
+                    results = await asyncio.to_thread(_each, self._codec, op, [data for data, _ in batch])
+                    for (_, done), (ok, value) in zip(batch, results):
                         _settle(done, ok, value)
                 del waiting[: len(batch)]
         finally:
-            for _, _, done in waiting:  # only if this task was cancelled (the loop is closing)
+            for _, done in waiting:  # only if this task was cancelled (the loop is closing)
                 done.cancel()
             waiting.clear()
             _DRAINS.discard(asyncio.current_task())
@@ -203,18 +203,6 @@ class NNCodecV3(ArrayBytesCodec):
     def _one_tile(self, shape) -> bool:
         """Whether a chunk of this shape is one tile."""
         return len(shape) >= 2 and math.prod(shape[:-2]) == 1 and max(shape[-2:]) <= self.tile
-
-    async def _off_loop(self, shape, func, arg):
-        """``func(arg)`` off the event loop (the network runs for a while), as zarr's
-        numcodecs wrappers do. A chunk of one tile is coded whole on one thread of
-        nncodec's CPU tile pool: once that pool runs, such chunks go to it directly, one
-        hand-over fewer per chunk (a tenth of a small chunk's decode); larger chunks go to
-        a thread of their own, from which their tiles spread over the pool."""
-        pool = _cpu_tile_pool(self.device) if self._one_tile(shape) else None
-        if pool is None:
-            return await asyncio.to_thread(func, arg)
-        return await asyncio.get_running_loop().run_in_executor(pool, func, arg)
-
 
 #: per event loop, codec and operation, the chunks waiting to be coded (NNCodecV3._coded)
 _WAITING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -264,19 +252,3 @@ def _as_chunk(decoded: np.ndarray, chunk_spec: ArraySpec) -> np.ndarray:
             f"{tuple(chunk_spec.shape)}: the chunk was written for another array (rewrite it)"
         )
     return decoded.astype(dtype, copy=False).reshape(chunk_spec.shape)
-
-
-def _cpu_tile_pool(device: str):
-    """nncodec's CPU tile pool if it has started (a network ran in this process) and
-    ``device`` runs on the CPU, else None. Its module comes with torch, which a process
-    that reads only residual-layer chunks never imports; it is not imported here."""
-    tilepool = sys.modules.get("nncodec.models.tilepool")
-    pool = None if tilepool is None else tilepool.started()
-    if pool is None:
-        return None
-    from .models.runtime import resolve_device
-
-    try:
-        return pool if resolve_device(device).type == "cpu" else None
-    except ValueError:  # CUDA asked for where there is none: the coding itself says so, if it needs the device
-        return None

@@ -255,6 +255,37 @@ print(torch.get_num_threads(), most[0] == usable_cores(), all(a is b for a, b in
     assert done.stdout.split() == ["1", "True", "True", "True"]
 
 
+def test_one_tile_runs_on_its_callers_thread_without_touching_torchs_thread_count():
+    """A chunk of one tile is coded on its caller's thread, switched to one intra-op thread
+    by OpenMP's and MKL's per-thread settings: threads starting meanwhile take torch's
+    process-wide count (``torch.set_num_threads(1)`` would have given them 1 for good), and
+    the caller has its count back after. No pool thread starts for it."""
+    script = """
+import threading, torch
+from nncodec.models import tilepool
+assert tilepool._thread_settings() is not None
+seen = {}
+
+def tile():
+    seen["thread"], seen["count"] = threading.current_thread(), torch.get_num_threads()
+    t = threading.Thread(target=lambda: seen.setdefault("started", torch.get_num_threads()))
+    t.start()
+    t.join()
+    return "done"
+
+print(tilepool.run(tile), seen["thread"] is threading.current_thread(), seen["count"], seen["started"],
+      torch.get_num_threads(), tilepool.started() is None)
+"""
+    import torch
+
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch build does not run OpenMP: one-tile chunks go to a pool thread")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})  # Dask sets 1
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["done", "True", "1", "2", "2", "True"]
+
+
 def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):
     """Lanes run on a thread pool; a child forked after its parent used the pool (as
     multiprocessing does on Linux) starts its own rather than handing work to threads it

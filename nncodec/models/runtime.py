@@ -101,10 +101,10 @@ class Runtime:
         return copy.deepcopy(self.g_s).double()
 
     def one_tile(self, func, *args):
-        """``func(*args)``, the coding of a chunk that is one tile: on the CPU on one
-        tile-pool thread (:func:`.tilepool.run`: one hand-over, the same single-thread
-        kernels, and concurrent callers share the pool instead of each starting OpenMP
-        threads of its own); elsewhere here."""
+        """``func(*args)``, the coding of a chunk that is one tile: on the CPU with the
+        single-thread kernels of the tile pool, on the calling thread (:func:`.tilepool.run`:
+        at most one such call per core at once, none starting OpenMP threads of its own);
+        elsewhere here."""
         return tilepool.run(func, *args) if self.device.type == "cpu" else func(*args)
 
     @staticmethod

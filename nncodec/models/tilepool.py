@@ -8,21 +8,25 @@ on the instruction set (AVX2, AVX-512, ...). That is the reference CPU kernel of
 version 2, and several times faster than PyTorch's own (oneDNN-free) kernels, which
 format version 1 used for the same guarantee.
 
-The pool's threads run with one intra-op thread each (OpenMP's thread count is a
-per-thread setting); the process-wide setting seen by every other thread is restored
-right after the pool starts. Parallelism comes from running tiles side by side, as many
-as ``torch.get_num_threads()`` had when the pool was made.
+The pool's threads run with one intra-op thread each. OpenMP's and MKL's thread counts
+are per-thread settings; nncodec sets them for its own threads only, in the runtimes
+torch's kernels use (:func:`_thread_settings`), and never torch's process-wide count, which
+every thread starting meanwhile would take up. Parallelism comes from running tiles side
+by side, as many as ``torch.get_num_threads()`` had when the pool was made.
 
-A thread that already runs torch single-threaded (every thread of a Dask worker, whose
-nanny sets ``OMP_NUM_THREADS=1``) runs its tiles itself, the same kernels as a pool
-thread: handing over would only queue the worker's threads behind one pool thread.
+A chunk of one tile is coded whole on its caller's thread, switched to one intra-op
+thread for the call (:func:`run`): the same kernels as a pool thread, without a hand-over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -47,12 +51,81 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+@functools.lru_cache(maxsize=1)
+def _thread_settings() -> tuple | None:
+    """The per-thread thread counts torch's CPU kernels read, as (OpenMP's
+    ``omp_set_num_threads``, MKL's ``MKL_Set_Num_Threads_Local`` or None without MKL):
+    ctypes functions of the runtimes this torch build runs (checked to move what torch
+    reports, on a thread of their own). None where torch does not run OpenMP or they
+    cannot be found; nncodec then uses ``torch.set_num_threads`` (see :func:`run`)."""
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    found = {}
+    # the symbols the process has loaded globally, then torch's own runtimes (MKL is in libtorch_cpu)
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for path in [None, *sorted(lib_dir.glob("*omp*")), *sorted(lib_dir.glob("*torch_cpu*"))]:
+        try:
+            lib = ctypes.CDLL(path if path is None else str(path))
+        except (OSError, TypeError):  # not a loadable library; no global namespace (Windows)
+            continue
+        for name in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local", "MKL_Get_Max_Threads"):
+            if name not in found and hasattr(lib, name):
+                found[name] = getattr(lib, name)
+    omp, mkl, mkl_get = (found.get(n) for n in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local",
+                                                 "MKL_Get_Max_Threads"))
+    if omp is None or (torch.backends.mkl.is_available() and (mkl is None or mkl_get is None)):
+        return None
+    works = []
+
+    def check():
+        n = torch.get_num_threads() + 1  # torch sets a thread's count on first use: before this
+        omp(n)
+        ok = torch.get_num_threads() == n
+        omp(1)
+        ok = ok and torch.get_num_threads() == 1
+        if mkl is not None:
+            mkl(n)
+            ok = ok and mkl_get() == n
+            mkl(1)
+            ok = ok and mkl_get() == 1
+        works.append(ok)
+
+    t = threading.Thread(target=check)
+    t.start()
+    t.join()
+    return (omp, mkl) if works == [True] else None
+
+
+def _set_here(omp_count: int, mkl_count: int) -> tuple[int, int]:
+    """Set the calling thread's OpenMP and MKL thread counts by :func:`_thread_settings`
+    (which must not be None); returns the counts they replace (MKL's 0: its process-wide
+    count), for restoring them."""
+    omp, mkl = _thread_settings()
+    before = torch.get_num_threads()  # also torch's own first-use setting of the thread: before ours
+    omp(omp_count)
+    return before, 0 if mkl is None else mkl(mkl_count)
+
+
+@contextlib.contextmanager
+def _one_thread_here():
+    """The calling thread's torch kernels on one thread for the block (:func:`_set_here`)."""
+    before = _set_here(1, 1)
+    try:
+        yield
+    finally:
+        _set_here(*before)
+
+
 def _start(n: int) -> ThreadPoolExecutor:
     ready = threading.Barrier(n + 1)
     counts = []
+    settings = _thread_settings()
 
     def single_threaded():
-        torch.set_num_threads(1)
+        if settings is None:
+            torch.set_num_threads(1)  # also what threads starting meanwhile take: restored below
+        else:
+            _set_here(1, 1)
         _here.inside = True
         counts.append(torch.get_num_threads())
 
@@ -60,7 +133,8 @@ def _start(n: int) -> ThreadPoolExecutor:
     for _ in range(n):  # one blocking task per thread makes the executor start all n now
         pool.submit(ready.wait)
     ready.wait()
-    torch.set_num_threads(n)  # the process-wide setting (and this thread's) as it was
+    if settings is None:
+        torch.set_num_threads(n)  # the process-wide setting (and this thread's) as it was
     if counts != [1] * n:
         pool.shutdown()
         raise RuntimeError(f"could not make the tile threads single-threaded (they report {counts} threads); "
@@ -90,44 +164,42 @@ def _single_threaded() -> bool:
 
 
 def run(func, *args):
-    """``func(*args)`` on one of the pool's threads (where :func:`map_tiles` runs its
-    tiles in order, on that thread), waiting for it.
+    """``func(*args)`` with torch's kernels on one thread, where :func:`map_tiles` runs
+    its tiles in order: for work around a single tile (a small chunk's whole coding).
 
-    For work around a single tile (a small chunk's whole decode): the caller hands over
-    once, and the single-threaded pool thread runs the rest, the network included. Many
-    callers at once (zarr decoding chunks concurrently, Dask threads) then share the
-    pool's threads instead of each starting a team of OpenMP threads of its own. A
-    single-threaded caller runs ``func`` itself, at most as many at once as the process
-    has cores: more wait their turn, rather than crowd the cores (a Dask worker reading
-    format-2 chunks decodes them on all of zarr's threads: measured with 6 threads in a
-    one-thread process on 2 cores, 73 x 144 chunks decoded at 17-19 MB/s uncapped, 22-26 so).
-
-    A multi-threaded caller does not switch its own torch to one thread for the call
-    instead (tried after 0.13.0: about a tenth faster on one 73 x 144 chunk at a time):
-    ``torch.set_num_threads`` also stores the count that any thread starts with when it
-    first uses torch, so threads starting meanwhile (zarr's, the user's) stayed
-    single-threaded for good, and 6 threads decoding such chunks crowded 2 cores (28 ->
-    20 MB/s).
+    The calling thread runs it itself, switched to one intra-op thread for the call
+    (:func:`_one_thread_here`; a thread that already runs one, as every thread of a Dask
+    worker does, needs no switch), at most as many callers at once as the process has
+    cores: more wait their turn rather than crowd the cores (zarr decodes format-2 chunks
+    on its 6 executor threads; measured in a one-thread process on 2 cores, 73 x 144
+    chunks from 6 threads decoded at 17-19 MB/s uncapped, 22-26 so). A call nested in
+    another runs at once. Without per-thread settings (:func:`_thread_settings`), a
+    multi-threaded caller hands ``func`` to a pool thread instead, at about a tenth of a
+    73 x 144 decode: switching with ``torch.set_num_threads`` would also set the count
+    that threads starting meanwhile take up for good (tried after 0.13.0: 6 threads
+    decoding such chunks then crowded 2 cores, 28 -> 20 MB/s).
     """
     if getattr(_here, "inside", False) or getattr(_here, "holding", False):
         return func(*args)
-    if torch.get_num_threads() == 1:
-        with _cores:
-            _here.holding = True
-            try:
+    switch = torch.get_num_threads() != 1
+    if switch and _thread_settings() is None:
+        return pool().submit(func, *args).result()
+    with _cores:
+        _here.holding = True
+        try:
+            with _one_thread_here() if switch else contextlib.nullcontext():
                 return func(*args)
-            finally:
-                _here.holding = False
-    return pool().submit(func, *args).result()
+        finally:
+            _here.holding = False
 
 
 def map_tiles(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """``module`` applied to each tile of ``batch`` (B, C, h, w) alone, on one thread each.
 
     Runs in inference mode (no autograd), which is a per-thread setting, so each pool
-    thread enters it itself. Called from a pool thread (:func:`run`), the tiles run there,
-    one after another: the same kernels on the same single thread, so the same values;
-    likewise from any single-threaded caller.
+    thread enters it itself. Called within :func:`run`, from a pool thread or from any
+    single-threaded caller, the tiles run there, one after another: the same kernels on
+    one thread, so the same values.
     """
 
     def run_tiles(tiles: range) -> list[torch.Tensor]:
