@@ -23,14 +23,16 @@ from .residual import price_symbols, residual_tables
 class Tables:
     """The integer CDF tables of one model, converted once to what the range coder takes."""
 
-    def __init__(self, state: dict):
+    def __init__(self, state: dict | None):
         """``state``: a weights file's state dict (the CDF buffers CompressAI's
-        ``update()`` computed at export, and the factorised prior's quantiles)."""
-        self.z, self.y = (
-            _coder_tables(*(state[f"{model}.{name}"] for name in ("_quantized_cdf", "_cdf_length", "_offset")))
-            for model in ("entropy_bottleneck", "gaussian_conditional")
-        )
-        self.medians = state["entropy_bottleneck.quantiles"][:, 0, 1].detach().clone()
+        ``update()`` computed at export, and the factorised prior's quantiles); None for
+        the residual tables alone (:func:`residual_only_tables`)."""
+        if state is not None:
+            self.z, self.y = (
+                _coder_tables(*(state[f"{model}.{name}"] for name in ("_quantized_cdf", "_cdf_length", "_offset")))
+                for model in ("entropy_bottleneck", "gaussian_conditional")
+            )
+            self.medians = state["entropy_bottleneck.quantiles"][:, 0, 1].detach().clone()
         self._costs = {}
 
     @property
@@ -76,6 +78,13 @@ def _coder_tables(cdf, lengths, offsets) -> CoderTables:
 @functools.lru_cache(maxsize=1)
 def _residual_coder_tables() -> CoderTables:
     return CoderTables(*residual_tables())
+
+
+@functools.lru_cache(maxsize=1)
+def residual_only_tables() -> Tables:
+    """The tables of chunks whose tiles all use the residual layer alone, which need no
+    model (nor torch) to be written or read: only ``"r"``."""
+    return Tables(None)
 
 
 def channel_indexes(shape: tuple[int, ...]) -> np.ndarray:
