@@ -215,7 +215,8 @@ def markdown(rows: list[dict], points: dict, seconds: float) -> str:
         "## Setup",
         "",
         f"- weights: `{ref.id}` (sha256 `{ref.sha256[:12]}`); in these modes the encoder uses the network",
-        "  on a tile only where network + residual is cheaper than the residual layer alone, so",
+        "  on a tile only where network + residual is cheaper than the residual layer alone (and",
+        "  tries it only where the bound is at least `RESIDUAL_ALONE_BELOW` of the tile's range), so",
         "  numbers at loose bounds can move as training goes on; the residual-only numbers do not",
         f"- machine: {env['cpu']}, {env['cores']} cores, Python {env['python']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k in (
