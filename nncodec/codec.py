@@ -79,6 +79,8 @@ class _Tile:
     y: np.ndarray | None = None
     idx: np.ndarray | None = None
     raw: np.ndarray | None = None  # the values of a RAW tile, stored losslessly
+    #: error-bounded encoding: the sum of the squared errors of its decoded finite values
+    squared_error: float = 0.0
     #: the stack of slices of the tile's chunk: its values when encoding, where they go
     #: when decoding; ``finite``: that stack's mask of finite values (None: all finite)
     dest: np.ndarray | None = None
@@ -250,6 +252,15 @@ class NNCodec(Codec):
         (buf,) = self._encode_planned([_plan_chunk(arr, self.tile)], quality, bound, level_steps, memo, deadzone)
         return buf
 
+    def _encode_bounded(self, arr: np.ndarray, bound, memo, residual: dict) -> tuple[bytes, float]:
+        """An error-bounded encoding of ``arr`` (``residual``: ``level_steps`` and ``deadzone``
+        of :meth:`_encode`) and the sum of the squared errors of its decoded finite values,
+        from the encoder's own decoding of each tile (:func:`_finish_residual`: the values
+        the decoder returns)."""
+        chunk = _plan_chunk(arr, self.tile)
+        (buf,) = self._encode_planned([chunk], self.quality, bound, memo=memo, **residual)
+        return buf, math.fsum(t.squared_error for t in chunk.tiles)
+
     def _encode_planned(self, chunks: list[_Planned], quality, bound, level_steps=(), memo=None,
                         deadzone=()) -> list[bytes]:
         """The bytes of planned chunks, their network tiles analysed in shared batches.
@@ -345,19 +356,28 @@ class NNCodec(Codec):
         # about 60 dB, and on some small or rough slices lower (docs/error-bounds.md)
         tighter = {"level_steps": TIGHTER_COARSE_LEVELS, "deadzone": DEADZONE if arr.dtype.kind == "f" else ()}
         for residual in ({}, tighter):
-            candidates += self._bounded_for_rmse(arr, rmse_target, rmse, memo, residual)
+            candidates += self._bounded_for_rmse(arr, rmse_target, int(finite.sum()), memo, residual)
         return min(candidates, key=len)
 
-    def _bounded_for_rmse(self, arr: np.ndarray, rmse_target: float, rmse, memo, residual: dict) -> list[bytes]:
+    def _bounded_for_rmse(self, arr: np.ndarray, rmse_target: float, n_finite: int, memo, residual: dict
+                          ) -> list[bytes]:
         """Error-bounded encodings of ``arr`` with the residual quantisation ``residual``
-        (``level_steps`` and ``deadzone`` of :meth:`_encode`) that meet ``rmse_target`` (as
-        judged by ``rmse(buf)``), each at a larger bound than the one before."""
+        (``level_steps`` and ``deadzone`` of :meth:`_encode`) that meet ``rmse_target`` over
+        its ``n_finite`` finite values, each at a larger bound than the one before. The
+        RMSE of each comes from the encoder's own decoding (:meth:`_encode_bounded`),
+        held a hair (1e-12) inside the target, as the sums are taken in another order than
+        a decoded chunk's."""
+        target = rmse_target * (1 - 1e-12)
+
+        def encode(bound):
+            buf, squared = self._encode_bounded(arr, bound, memo, residual)
+            return buf, math.sqrt(squared / n_finite)
+
         # a uniform residual quantiser has RMSE = step / sqrt(12) = bound / sqrt(3); a bound
         # equal to the target RMSE passes whatever the data
         bound = math.sqrt(3.0) * rmse_target
-        buf = self._encode(arr, self.quality, bound, memo=memo, **residual)
-        got = rmse(buf)
-        if got > rmse_target:
+        buf, got = encode(bound)
+        if got > target:
             return [self._encode(arr, self.quality, rmse_target, memo=memo, **residual)]
         # errors mostly fall well inside the bound, so the RMSE lands below the target (by
         # 0.5-1.5 dB on the fields of docs/results.md, more with tighter coarse levels). The
@@ -372,9 +392,8 @@ class NNCodec(Codec):
                 power = max(0.25, math.log(got / last[1]) / math.log(bound / last[0]))
             step = (0.995 * rmse_target / got) ** (1 / power)
             for factor in (step, math.sqrt(step)):
-                buf = self._encode(arr, self.quality, bound * factor, memo=memo, **residual)
-                trial = rmse(buf)
-                if trial <= rmse_target:
+                buf, trial = encode(bound * factor)
+                if trial <= target:
                     break
             else:
                 break
@@ -631,8 +650,8 @@ def _residual_bits(t, pred, quant, tables):
 
 
 def _finish_residual(t: _Tile, quant, pred, tables) -> None:
-    """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), and
-    exact exceptions."""
+    """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), exact
+    exceptions, and the squared error of the values they decode to."""
     v = _tile_values(t)
     finite = _tile_mask(t)
     code, _ = _residual_bits(t, pred, quant, tables)
@@ -645,6 +664,8 @@ def _finish_residual(t: _Tile, quant, pred, tables) -> None:
     bad = np.flatnonzero((err > reach) & finite)
     t.residual = code
     t.exceptions = (bad, v.reshape(-1)[bad])
+    err.flat[bad] = 0.0  # stored exactly
+    t.squared_error = float(np.sum(np.square(err[finite])))
 
 
 def _prediction(t: _Tile, rt) -> np.ndarray:

@@ -307,18 +307,41 @@ print(np.abs(NNCodec().decode(buf) - x).max() <= 1e-3 * float(np.ptp(x)), "torch
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]
 
-    def kinds(buf):
-        return {t.kind for t in codec._parse(*codec.fmt.unpack(buf)).tiles}
-
     for x in layers:
         bound = 1e-3 * float(np.ptp(x))
         alone = NNCodec(abs_error=bound).encode(x)
         with monkeypatch.context() as m:
             m.setattr(codec, "RESIDUAL_ALONE_BELOW", 0.0)
             tried = NNCodec(abs_error=bound).encode(x)
-        assert kinds(alone) == {codec.RESIDUAL} and kinds(tried) == {codec.NETWORK}
+        assert tile_kinds(alone) == {codec.RESIDUAL} and tile_kinds(tried) == {codec.NETWORK}
         assert len(tried) < len(alone) <= 1.02 * len(tried)
-    assert kinds(NNCodec(abs_error=3e-2 * float(np.ptp(layers[0]))).encode(layers[0])) == {codec.NETWORK}
+    assert tile_kinds(NNCodec(abs_error=3e-2 * float(np.ptp(layers[0]))).encode(layers[0])) == {codec.NETWORK}
+
+
+@pytest.mark.parametrize("residual", [{}, {"level_steps": (15, 11, 9, 7, 5), "deadzone": (0.3, 0.15, 0.1)}])
+def test_target_psnr_judges_bounded_candidates_by_the_values_they_decode_to(sst_field, residual):
+    """target_psnr's bounded candidates take their RMSE from the encoder's own decoding of
+    each tile rather than from decoding the chunk: the same squared error as the decoded
+    values (land NaN, network tiles at the looser bound, exceptions stored exactly)."""
+    from nncodec.codec import RAW
+
+    sst = sst_field.astype(np.float32)
+    fin = np.isfinite(sst)
+    codec = NNCodec(target_psnr=45)
+    for rel in (3e-2, 1e-3, 1e-9):  # the last: tiles stored losslessly (RAW)
+        bound = rel * float(np.ptp(sst[fin]))
+        buf, squared = codec._encode_bounded(sst, bound, {}, residual)
+        out = NNCodec().decode(buf).astype(np.float64)
+        np.testing.assert_allclose(squared, np.sum((out[fin] - sst[fin]) ** 2), rtol=1e-12, atol=0)
+        if rel == 1e-9:
+            assert squared == 0 and RAW in tile_kinds(buf)
+
+
+def tile_kinds(buf) -> set:
+    """The kinds of a chunk's tiles (nncodec.codec's EMPTY .. RAW)."""
+    import nncodec.codec as codec
+
+    return {t.kind for t in codec._parse(*codec.fmt.unpack(buf)).tiles}
 
 
 def test_target_psnr_stops_bisecting_levels_out_of_reach():
@@ -363,5 +386,4 @@ def test_level_search_from_the_top_writes_what_trying_every_level_does(monkeypat
     monkeypatch.setattr(codec, "_try_level", every_level)
     assert NNCodec(abs_error=bound).encode(relief) == pruned
     assert pruned_made < 0.8 * sum(made)
-    kinds = [t.kind for t in codec._parse(*codec.fmt.unpack(pruned)).tiles]
-    assert (codec.NETWORK in kinds) == (rel == 1e-2)
+    assert (codec.NETWORK in tile_kinds(pruned)) == (rel == 1e-2)
