@@ -528,9 +528,10 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
 
     In error-bounded modes (for tiles whose bound is not below ``RESIDUAL_ALONE_BELOW`` of
     their range: the others never get here) a tile keeps the network only where network
-    bits plus residual bits beat the residual layer alone. The network's own bits are a lower bound of that
-    total, so levels whose latents alone cost more than the best so far are never
-    synthesised: on most fields the residual layer alone wins and the search is cheap.
+    bits plus residual bits beat the residual layer alone. The network's own bits are a
+    lower bound of that total, so levels whose latents alone cost more than the best so
+    far are never synthesised: on most fields the residual layer alone wins and the
+    search is cheap.
 
     With ``refine`` > 0 the latents are refined for the level's rate-distortion loss
     before they are quantised (:meth:`~nncodec.models.runtime.Runtime.refine`). In

@@ -286,6 +286,29 @@ print(tilepool.run(tile), seen["thread"] is threading.current_thread(), seen["co
     assert done.stdout.split() == ["done", "True", "1", "2", "2", "True"]
 
 
+def test_without_per_thread_settings_one_tile_goes_to_a_pool_thread(tmp_path):
+    """Where the per-thread OpenMP / MKL settings cannot be found (another torch build),
+    a one-tile chunk is handed to a tile-pool thread, which torch.set_num_threads made
+    single-threaded; the caller's count is as it was, and the values are the same."""
+    ts = load_field("iris_glosea4_surface_temperature.npz", "ts")[12, 0].astype(np.float32)
+    buf = NNCodec(quality=4).encode(ts)
+    (tmp_path / "chunk.bin").write_bytes(buf)
+    script = f"""
+import threading, numpy as np, torch
+from nncodec import NNCodec
+from nncodec.models import tilepool
+tilepool._thread_settings = lambda: None
+where = tilepool.run(lambda: (threading.current_thread().name, torch.get_num_threads()))
+np.save({str(tmp_path / "out.npy")!r}, NNCodec().decode(open({str(tmp_path / "chunk.bin")!r}, "rb").read()))
+print(where[0].startswith("nncodec-tile"), where[1], torch.get_num_threads())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "1", "2"]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), NNCodec().decode(buf))
+
+
 def test_lanes_decode_in_a_forked_child(tmp_path, monkeypatch):
     """Lanes run on a thread pool; a child forked after its parent used the pool (as
     multiprocessing does on Linux) starts its own rather than handing work to threads it
