@@ -3,8 +3,9 @@
 Part 1 runs :func:`nncodec.bench.run_speed` (the engine of ``nncodec bench --speed``) on a
 large field (ETOPO5 relief, 2161 x 4320, widened to float32), 256 x 256 turbulence, and the
 small chunks scientists read (73 x 144 vorticity, 145 x 192 surface temperature): nncodec
-encode/decode MB/s per quality level, SZ3 and SPERR at a 1e-3 relative bound, the ratios,
-all in one run on the same slices (fastest of 3 repeats).
+encode/decode MB/s per quality level and in the error-bounded mode, nncodec, SZ3 and SPERR
+at the same 1e-3 relative bound, the ratios, all in one run on the same slices (fastest of
+3 repeats).
 
 Part 2 times small grids chunked one slice per chunk against several slices per chunk,
 and small chunks coded from 1, 2 and 6 threads (``WORKER_CALLERS``) of a process whose
@@ -342,7 +343,8 @@ def main() -> None:
         "",
         f"Written by `python benchmarks/speed.py`: {env['cpu']}, {env['cores']} cores, torch threads "
         f"{torch.get_num_threads()}, {gpu}. MB/s of float32 input (10^6 bytes), fastest of 3 repeats; "
-        "SZ3 and SPERR at a 1e-3 relative error bound on the same slices in the same run. Where torch "
+        "nncodec's error-bounded mode (`abs_error`), SZ3 and SPERR at the same error bound, 1e-3 of the "
+        "value range (R), on the same slices in the same run. Where torch "
         "sees a GPU the same command adds nncodec rows with the network on CUDA (`... cuda`; "
         "`nncodec bench --speed FILES` does the same for your own fields).",
         "",

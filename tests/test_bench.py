@@ -261,7 +261,11 @@ def test_run_speed_prints_ratios(tas, tmp_path, capsys):
     assert all(p["encode_mbps"] > 0 and p["decode_mbps"] > 0 for p in var["points"])
     assert (tmp_path / "speed.json").exists()
     if any(p["codec"] == "nncodec" for p in var["points"]):
-        # the CPU always, CUDA too where torch sees a GPU (never in CI)
-        assert [p["device"] for p in var["points"] if p["codec"] == "nncodec"] == _speed_devices()
+        # the CPU always, CUDA too where torch sees a GPU (never in CI); the error-bounded
+        # mode once, at the baselines' bound
+        nn = [p for p in var["points"] if p["codec"] == "nncodec"]
+        assert [p["device"] for p in nn if p["mode"] == "quality"] == _speed_devices()
+        assert [(p["mode"], p["setting"]) for p in nn if p["mode"] != "quality"] == [("abs_error", 1e-3)]
         assert {r["baseline"] for r in var["ratios"]} == {"sz3", "sperr"}
-        assert "nncodec quality 1 / sz3" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "nncodec quality=1 / sz3" in out and "nncodec abs_error=0.001·R / sperr" in out

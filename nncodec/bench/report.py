@@ -217,9 +217,8 @@ def speed_table(result: dict) -> str:
                 f"  {p['codec']:<10} {_setting_text(p):<22} {p['encode_mbps']:>10.3g} {p['decode_mbps']:>10.3g}"
             )
         for r in var["ratios"]:
-            on = f" on {r['device']}" if r.get("device", "cpu") != "cpu" else ""
             lines.append(
-                f"  nncodec quality {r['quality']}{on} / {r['baseline']}: "
+                f"  nncodec {_setting_text(r)} / {r['baseline']}: "
                 f"encode {r['encode_ratio']:.3g}x, decode {r['decode_ratio']:.3g}x"
             )
     return "\n".join(lines)

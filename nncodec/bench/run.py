@@ -510,10 +510,11 @@ def run_speed(
     progress: bool = True,
     devices=None,
 ) -> dict:
-    """Encode/decode throughput of nncodec per quality (and device) against SZ3 and SPERR.
+    """Encode/decode throughput of nncodec per quality (and device), and in its
+    error-bounded mode, against SZ3 and SPERR.
 
-    Every codec runs on the same slices (see :func:`run_bench`); the baselines at
-    one relative error bound. Throughput is original bytes / best wall time, in
+    Every codec runs on the same slices (see :func:`run_bench`); the baselines and
+    nncodec's ``abs_error`` at one error bound relative to the value range. Throughput is original bytes / best wall time, in
     MB/s (10**6 bytes). The ratio table (nncodec MB/s over baseline MB/s) is
     printed to stdout.
 
@@ -526,7 +527,7 @@ def run_speed(
     baselines : sequence of str
         Baselines to compare with.
     error_bound : float
-        Baselines' error bound relative to the value range.
+        The baselines' and nncodec's ``abs_error`` bound, relative to the value range.
     devices : sequence of str, optional
         Where nncodec's network runs: default ``["cpu"]``, plus ``"cuda"`` when torch
         sees a GPU.
@@ -544,6 +545,8 @@ def run_speed(
     nn_cls, fields = plan.nn_cls, plan.fields
     devices = list(devices) if devices is not None else _speed_devices()
     settings = [(*s, d) for s in _settings(nn_cls, plan.qualities, [], [], []) for d in devices]
+    if nn_cls is not None:  # at the baselines' bound (coded on the host at tight bounds: one device)
+        settings.append(("nncodec", "abs_error", error_bound, devices[0]))
     settings += [(n, "rel_bound", error_bound, None) for n in plan.baselines]
     bar = _Progress(len(settings) * len(fields), progress)
     results = []
@@ -558,7 +561,8 @@ def run_speed(
                                **point})
             ratios = [
                 {
-                    "quality": nn["setting"],
+                    "mode": nn["mode"],
+                    "setting": nn["setting"],
                     "device": nn["device"],
                     "baseline": base["codec"],
                     "encode_ratio": nn["encode_mbps"] / base["encode_mbps"],
