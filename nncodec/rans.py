@@ -38,8 +38,9 @@ _WORD_MASK = np.uint64(0xFFFFFFFF)
 class CoderTables:
     """A set of CDF tables packed for the kernels: ``cdf`` (tables x longest, int32,
     padded with the total), ``lengths`` and ``offsets`` (int32), and for the decoder
-    ``lut`` (tables x 2**(PRECISION - LUT_SHIFT), int32): per run of 2**LUT_SHIFT
-    cumulative frequencies, the symbol its first one falls in."""
+    ``lut`` (tables x 2**(PRECISION - LUT_SHIFT), uint16: a table has at most 2**PRECISION
+    symbols): per run of 2**LUT_SHIFT cumulative frequencies, the symbol its first one
+    falls in."""
 
     def __init__(self, cdfs: list, lengths: list, offsets: list):
         width = max(lengths)
@@ -55,7 +56,7 @@ class CoderTables:
         self.offsets = np.asarray(offsets, dtype=np.int32)
         starts = np.arange(0, 1 << PRECISION, 1 << LUT_SHIFT)
         self.lut = np.stack([np.searchsorted(self.cdf[i, :n], starts, side="right") - 1
-                             for i, n in enumerate(self.lengths)]).astype(np.int32)
+                             for i, n in enumerate(self.lengths)]).astype(np.uint16)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -218,7 +219,7 @@ def _decode(words, pos, state, indexes, cdf, lut, lengths, offsets, out):
         cum = np.int64(state & _MASK)
         # the symbol lo with cdf[lo] <= cum < cdf[lo + 1]: from the one its run starts in
         # (cdf[n - 1] is the total, above any cum)
-        lo = lut[t, cum >> LUT_SHIFT]
+        lo = np.int64(lut[t, cum >> LUT_SHIFT])
         while cdf[t, lo + 1] <= cum:
             lo += 1
         start = np.uint64(cdf[t, lo])
