@@ -147,7 +147,9 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", dest="baselines", action="append", choices=("sz3", "zfp", "sperr", "bitround"),
                         help="baselines to run (repeat; default all installed)")
     parser.add_argument("--max-slices", type=int, default=4, help="2D slices per variable (default 4)")
-    parser.add_argument("--speed", action="store_true", help="time encode/decode MB/s (learned levels, and abs_error at the baselines' bound) against SZ3 and SPERR instead")
+    parser.add_argument("--speed", action="store_true",
+                        help="time encode/decode MB/s (learned levels, and abs_error at the baselines' bound) "
+                             "against SZ3 and SPERR instead")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

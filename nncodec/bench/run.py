@@ -514,9 +514,9 @@ def run_speed(
     error-bounded mode, against SZ3 and SPERR.
 
     Every codec runs on the same slices (see :func:`run_bench`); the baselines and
-    nncodec's ``abs_error`` at one error bound relative to the value range. Throughput is original bytes / best wall time, in
-    MB/s (10**6 bytes). The ratio table (nncodec MB/s over baseline MB/s) is
-    printed to stdout.
+    nncodec's ``abs_error`` at one error bound relative to the value range. Throughput
+    is original bytes / best wall time, in MB/s (10**6 bytes). The ratio table (nncodec
+    MB/s over baseline MB/s) is printed to stdout.
 
     Parameters
     ----------
