@@ -276,13 +276,14 @@ class NNCodec(Codec):
         net_tiles = [t for t in tiles if t.kind == NETWORK]
         rt = self._runtime() if net_tiles else None
         if rt is not None:
-            if quality is not None and quality > rt.qualities:
-                raise ValueError(f"quality must be 1..{rt.qualities} for model {rt.ref.id!r}, got {quality}")
-            ref = rt.ref
+            ref, levels = rt.ref, rt.qualities
         else:
-            from .weights import resolve
+            from .weights import model_card, resolve
 
-            ref = resolve(self.model)
+            # without loading the model: its card says how many levels it has
+            ref, levels = resolve(self.model), None if quality is None else model_card(self.model).get("qualities")
+        if quality is not None and levels is not None and quality > levels:
+            raise ValueError(f"quality must be 1..{levels} for model {ref.id!r}, got {quality}")
         tables = residual_only_tables() if rt is None else rt.tables
         quant = None
         if bound is not None:

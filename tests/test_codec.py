@@ -191,6 +191,10 @@ def test_bad_parameters(kwargs, match):
 def test_quality_above_family_is_rejected(ts_field):
     with pytest.raises(ValueError, match="quality must be 1..8"):
         NNCodec(quality=9).encode(ts_field)
+    # also where no tile runs the network (the residual layer alone at a tight bound):
+    # the model card says how many levels there are
+    with pytest.raises(ValueError, match="quality must be 1..8 for model 'hyperprior-climate-v2'"):
+        NNCodec(quality=9, abs_error=1e-4 * float(np.ptp(ts_field))).encode(ts_field)
 
 
 def test_unknown_and_missing_models(tmp_path, ts_field):
