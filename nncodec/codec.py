@@ -541,7 +541,8 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
     lower the estimated total bits. The residual layer and the final bound check are the
     same either way.
 
-    ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level,
+    ``memo`` (a dict, or None) keeps each batch's latents and quantised symbols per level
+    (keyed by the batch's tiles),
     and each tile's synthesis at each level that the search tries, for the next encoding of
     the same tiles: they depend on neither the bound nor the level steps, so ``target_psnr``'s
     search computes them once. Not with ``refine``.
@@ -553,7 +554,9 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
             memo[key] = make()
         return memo[key]
 
-    for n, (shape, group) in enumerate(_groups(tiles)):
+    for shape, group in _groups(tiles):
+        # the memo's key: the batch's tiles (which tiles run the network depends on the bound)
+        n = tuple((t.slice, t.rows.start, t.cols.start) for t in group)
         x = np.stack([_normalised(t) for t in group])[:, None]
         y = once((n, "latents"), lambda: rt.analyse(x))
         masked = any(t.finite is not None for t in group)

@@ -288,6 +288,14 @@ def test_latents_kept_between_encodings_give_the_same_bytes(ts_field):
                                   (5, None, ()), (None, 0.004 * span, ())):
         assert codec._encode(x, quality, bound, steps, memo) == codec._encode(x, quality, bound, steps), (quality, bound)
     assert any(len(key) == 3 for key in memo)  # the level search's syntheses were kept
+    # tiles of different ranges: at the second bound the wide one is coded by the residual
+    # layer alone (RESIDUAL_ALONE_BELOW), so fewer tiles share the network's batch, and the
+    # memo must give the narrow one its own latents (QG turbulence, where the network wins)
+    layers = load_field("pyqgjax_qg2layer_vorticity_128.npz", "rel_vorticity")[-1].astype(np.float32)
+    narrow, wide = layers[1], layers[0] * (20 * np.ptp(layers[1]) / np.ptp(layers[0]))
+    x, memo = np.stack([wide, narrow]).astype(np.float32), {}
+    for bound in (3e-2 * float(np.ptp(wide)), 3e-2 * float(np.ptp(narrow))):
+        assert codec._encode(x, None, bound, (), memo) == codec._encode(x, None, bound, ()), bound
 
 
 def test_tight_bounds_code_tiles_with_the_residual_layer_alone(tmp_path, monkeypatch):
