@@ -554,9 +554,10 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
             memo[key] = make()
         return memo[key]
 
-    for shape, group in _groups(tiles):
-        # the memo's key: the batch's tiles (which tiles run the network depends on the bound)
-        n = tuple((t.slice, t.rows.start, t.cols.start) for t in group)
+    for n, (shape, group) in enumerate(_groups(tiles)):
+        # the memo's key: the batch and its tiles (which tiles run the network depends on the
+        # bound, so the n-th batch of one encoding may hold other tiles than that of another)
+        n = (n, *((t.slice, t.rows.start, t.cols.start) for t in group))
         x = np.stack([_normalised(t) for t in group])[:, None]
         y = once((n, "latents"), lambda: rt.analyse(x))
         masked = any(t.finite is not None for t in group)
