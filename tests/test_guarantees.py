@@ -247,7 +247,7 @@ def tile():
 
 with ThreadPoolExecutor(usable_cores() + 3) as ex:
     ran = list(ex.map(lambda _: (threading.current_thread(), tilepool.run(tile)), range(4 * usable_cores() + 4)))
-print(torch.get_num_threads(), most[0] == usable_cores(), all(a is b for a, b in ran), tilepool.started() is None)
+print(torch.get_num_threads(), most[0] == usable_cores(), all(a is b for a, b in ran), tilepool._pool is None)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -274,7 +274,7 @@ def tile():
     return "done"
 
 print(tilepool.run(tile), seen["thread"] is threading.current_thread(), seen["count"], seen["started"],
-      torch.get_num_threads(), tilepool.started() is None)
+      torch.get_num_threads(), tilepool._pool is None)
 """
     import torch
 
@@ -387,7 +387,7 @@ with ThreadPoolExecutor(2) as ex:
     values = list(ex.map(codec.decode, bufs))
 np.save({str(tmp_path / "values.npy")!r}, np.stack(values))
 open({str(tmp_path / "bufs.bin")!r}, "wb").write(b"".join(bufs))
-print(torch.get_num_threads(), tilepool.started() is None)
+print(torch.get_num_threads(), tilepool._pool is None)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -37,7 +37,7 @@ _threads = 0  # the pool's thread count
 SHARES_PER_THREAD = 4  # map_tiles hands each thread about this many runs of tiles
 _lock = threading.Lock()
 _here = threading.local()  # ``inside``: a pool thread; ``holding``: a caller within run's cap
-#: how many of run's single-threaded callers may run at once: the process's cores
+#: how many of run's callers may run at once: the process's cores
 _cores = threading.BoundedSemaphore(usable_cores())
 
 
@@ -150,11 +150,6 @@ def pool() -> ThreadPoolExecutor:
             _threads = max(1, torch.get_num_threads())
             _pool = _start(_threads)
         return _pool
-
-
-def started() -> ThreadPoolExecutor | None:
-    """The process's tile pool if something has started it, else None."""
-    return _pool
 
 
 def _single_threaded() -> bool:
