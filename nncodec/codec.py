@@ -44,7 +44,7 @@ from .residual import (
     quantisation_step,
     reconstruct,
 )
-from .threads import count as host_threads, side_by_side
+from .threads import count as host_threads, in_order, side_by_side, soon
 
 EMPTY, CONSTANT, NETWORK, RESIDUAL, RAW = 0, 1, 2, 3, 4
 _HAS_RESIDUAL = 0x80  # NETWORK | this flag: a residual follows the network
@@ -295,31 +295,38 @@ class NNCodec(Codec):
             quant = Quantiser(quantisation_step(bound, data.dtype, max_abs, max_scale, uses_network=bool(net_tiles),
                                                 deadzone=deadzone), level_steps, deadzone)
 
+        # on a GPU, in learned mode, lanes are range-coded as soon as their tiles have symbols
+        early = _EarlyLanes(chunks, tables) if quant is None and _overlapped(rt) else None
+
         def code():
             if rt is not None:
-                _encode_network(rt, net_tiles, quality, quant, self.refine, memo)
+                _encode_network(rt, net_tiles, quality, quant, self.refine, memo, early and early.ready)
             if bound is not None:
-                # predictions (the network's float64 synthesis) one tile after another, then
-                # the residual coding side by side; as many tiles at a time as threads, so
-                # that few float64 predictions are held at once
+                # predictions (the network's float64 synthesis, batched), then the residual
+                # coding side by side; as many tiles at a time as threads, so that few
+                # float64 predictions are held at once
                 coded, n = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)], host_threads()
                 for part in (coded[i : i + n] for i in range(0, len(coded), n)):
-                    preds = [_prediction(t, rt) for t in part]
-                    side_by_side(lambda i: _finish_residual(part[i], quant, preds[i], tables), len(part))
+                    preds = {id(t): np.full(t.shape, float(t.offset)) for t in part if t.kind == RESIDUAL}
+                    for group, xn in _predictions(part, rt):
+                        xn = xn.cpu().numpy()
+                        preds.update((id(t), _predicted(t, x)) for t, x in zip(group, xn))
+                    side_by_side(lambda i: _finish_residual(part[i], quant, preds[id(part[i])], tables), len(part))
 
         if rt is not None and len(tiles) == 1:
             rt.one_tile(code)
         else:
             code()
         out = []
-        for c in chunks:
+        for i, c in enumerate(chunks):
             header = fmt.Header(
                 version=fmt.FORMAT_VERSION, dtype=c.data.dtype, shape=c.data.shape, fortran_order=c.fortran,
                 has_nonfinite=c.finite is not None, model_code=ref.code, weights_sha=ref.sha_prefix, tile=self.tile,
                 bound=None if bound is None else float(bound), step=None if quant is None else float(quant.step),
                 level_steps=() if quant is None else quant.level_steps,
             )
-            out.append(fmt.pack(header, _write_payload(c.tiles, c.mask_bytes, tables, c.data.dtype)))
+            streams = None if early is None else early.streams(i)
+            out.append(fmt.pack(header, _write_payload(c.tiles, c.mask_bytes, tables, c.data.dtype, streams)))
         return out
 
     def _encode_target_psnr(self, arr: np.ndarray) -> bytes:
@@ -508,14 +515,15 @@ def _plan_tile(t: _Tile) -> _Tile:
     return t
 
 
-def _groups(tiles):
-    """Batches of same-shape tiles holding at most NNCODEC_BATCH_VALUES values."""
+def _groups(tiles, most: int | None = None):
+    """Batches of same-shape tiles holding at most NNCODEC_BATCH_VALUES values (and at
+    most ``most`` tiles)."""
     limit = int(os.environ.get("NNCODEC_BATCH_VALUES", DEFAULT_BATCH_VALUES))
     by_shape = {}
     for t in tiles:
         by_shape.setdefault(t.shape, []).append(t)
     for shape, group in by_shape.items():
-        per = max(1, limit // (shape[0] * shape[1]))
+        per = min(max(1, limit // (shape[0] * shape[1])), most or len(group))
         for i in range(0, len(group), per):
             yield shape, group[i : i + per]
 
@@ -524,7 +532,7 @@ def _normalised(t: _Tile) -> np.ndarray:
     return normalise_tile(_tile_values(t), _tile_mask(t), t.offset, t.scale)
 
 
-def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
+def _encode_network(rt, tiles, quality, quant, refine=0, memo=None, ready=None) -> None:
     """Analyse network tiles in batches; pick levels (and residual use) per tile.
 
     In error-bounded modes (for tiles whose bound is not below ``RESIDUAL_ALONE_BELOW`` of
@@ -546,6 +554,9 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
     and each tile's synthesis at each level that the search tries, for the next encoding of
     the same tiles: they depend on neither the bound nor the level steps, so ``target_psnr``'s
     search computes them once. Not with ``refine``.
+
+    ``ready`` (learned mode), if given, is called with each batch's tiles once they have
+    their symbols.
     """
     memo = {} if memo is None or refine else memo
 
@@ -567,6 +578,8 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None) -> None:
             sym = rt.refine(x, mask, y, q, refine) if refine else once((n, q), lambda: rt.quantise(y, q))
             for i, t in enumerate(group):
                 t.quality, t.z, t.y, t.idx = q, sym["z"][i], sym["y"][i], sym["idx"][i]
+            if ready is not None:
+                ready(group)
             continue
         # the residual layer alone, around the tile's minimum, is the bar to beat (tiles side
         # by side: the residual coder is a numba kernel that releases the GIL)
@@ -656,7 +669,7 @@ def _residual_bits(t, pred, quant, tables):
 
 
 def _finish_residual(t: _Tile, quant, pred, tables) -> None:
-    """Residual symbols around the final prediction ``pred`` (:func:`_prediction`), exact
+    """Residual symbols around the final prediction ``pred`` (:func:`_predictions`), exact
     exceptions, and the squared error of the values they decode to."""
     v = _tile_values(t)
     finite = _tile_mask(t)
@@ -674,18 +687,32 @@ def _finish_residual(t: _Tile, quant, pred, tables) -> None:
     t.squared_error = float(np.sum(np.square(err[finite])))
 
 
-def _prediction(t: _Tile, rt) -> np.ndarray:
-    """What a residual tile's ``k`` is added to: its offset, or the network's float64
-    synthesis (torch is imported only then: residual-only chunks decode without it)."""
-    if t.kind == RESIDUAL:
-        return np.full(t.shape, float(t.offset))
+def _predictions(tiles, rt):
+    """The float64 syntheses of the network tiles among residual-coded ``tiles``, to which
+    their ``k`` is added (:func:`_predicted`): (tiles, tensor on the device) per batch of
+    one level and shape, launched as it is asked for; at most :func:`host_threads` tiles
+    a batch, whose float64 activations are large. torch is imported only where there are
+    network tiles: residual-only chunks code without it."""
+    by_level = {}
+    for t in tiles:
+        if t.kind == NETWORK:
+            by_level.setdefault(t.quality, []).append(t)
+    if not by_level:
+        return
     import torch
 
-    xn = rt.synthesise(t.y[None], t.quality, t.shape, dtype=torch.float64)[0]
-    return xn.astype(np.float64) * float(t.scale) + float(t.offset)
+    for q, level in by_level.items():
+        for shape, group in _groups(level, host_threads()):
+            yield group, rt.launch_synthesis(np.stack([t.y for t in group]), q, shape, dtype=torch.float64)
 
 
-def _write_payload(tiles, mask_bytes, tables, dtype) -> bytes:
+def _predicted(t: _Tile, xn: np.ndarray) -> np.ndarray:
+    """A network tile's prediction from its normalised float64 synthesis."""
+    return xn * float(t.scale) + float(t.offset)
+
+
+def _write_payload(tiles, mask_bytes, tables, dtype, streams=None) -> bytes:
+    """A chunk's payload; ``streams``, if given, its lanes' streams, already coded."""
     out = bytearray()
     for t in tiles:
         kind = t.kind | (_HAS_RESIDUAL if t.residual is not None and t.kind == NETWORK else 0)
@@ -710,16 +737,47 @@ def _write_payload(tiles, mask_bytes, tables, dtype) -> bytes:
                     prev = p
                 out += np.asarray(vals, dtype=dtype).tobytes()
     out += mask_bytes
-    coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
-    if coded:
-        n_lanes = lane_count([math.prod(t.shape) for t in coded])
-        cuts = lane_cuts(len(coded), n_lanes)
-        streams = side_by_side(lambda k: _lane_stream(coded[cuts[k] : cuts[k + 1]], tables), n_lanes)
-        fmt.put_varint(out, n_lanes)
+    lanes = _lanes([t for t in tiles if t.kind in (NETWORK, RESIDUAL)])
+    if lanes:
+        if streams is None:
+            streams = side_by_side(lambda k: _lane_stream(lanes[k], tables), len(lanes))
+        fmt.put_varint(out, len(lanes))
         for s in streams[:-1]:
             fmt.put_varint(out, len(s))
         out += b"".join(streams)
     return bytes(out)
+
+
+def _lanes(coded: list) -> list[list]:
+    """A chunk's coded tiles, lane by lane (none without coded tiles)."""
+    if not coded:
+        return []
+    cuts = lane_cuts(len(coded), lane_count([math.prod(t.shape) for t in coded]))
+    return [coded[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+class _EarlyLanes:
+    """Learned-mode encoding where the network runs on a GPU: each lane's stream is
+    range-coded on a host thread as soon as all its tiles have symbols (:meth:`ready`),
+    while the GPU works on the next batch."""
+
+    def __init__(self, chunks: list[_Planned], tables):
+        self.tables = tables
+        self.lanes = [_lanes([t for t in c.tiles if t.kind == NETWORK]) for c in chunks]
+        self.coding = [[None] * len(lanes) for lanes in self.lanes]
+        self.lane_of = {id(t): (i, k) for i, lanes in enumerate(self.lanes) for k, lane in enumerate(lanes) for t in lane}
+        self.waiting = {(i, k): len(lane) for i, lanes in enumerate(self.lanes) for k, lane in enumerate(lanes)}
+
+    def ready(self, tiles) -> None:
+        for t in tiles:
+            i, k = where = self.lane_of[id(t)]
+            self.waiting[where] -= 1
+            if not self.waiting[where]:
+                self.coding[i][k] = soon(_lane_stream, self.lanes[i][k], self.tables)
+
+    def streams(self, i: int) -> list[bytes]:
+        """Chunk ``i``'s lanes' streams (waiting for their threads)."""
+        return [f.result() for f in self.coding[i]]
 
 
 def _lane_stream(coded, tables) -> bytes:
@@ -846,12 +904,9 @@ def _read_lanes(r: fmt.Reader, version: int, n_coded: int) -> list[bytes]:
 
 
 def _reconstruct(chunks: list[_Parsed], rt) -> None:
-    """Decode the range-coded lanes of the chunks' coded tiles and write every tile's
-    values into its chunk's ``slices``."""
-    if any(c.coded for c in chunks):
-        _decode_stream(rt, chunks)
+    """Write every tile's values into its chunk's ``slices``: the coded ones from their
+    lanes' streams (:func:`_decode_stream`)."""
     for c in chunks:
-        header = c.header
         for t in c.tiles:
             target = _tile_values(t)
             if t.kind == EMPTY:
@@ -860,15 +915,18 @@ def _reconstruct(chunks: list[_Parsed], rt) -> None:
                 target[...] = t.value
             elif t.kind == RAW:
                 target[...] = t.raw
-            elif t.residual is not None:
-                pred = _prediction(t, rt)
-                flat = reconstruct(pred, t.residual.k, header.step, header.dtype).reshape(-1)
-                pos, vals = t.exceptions
-                if len(pos) and pos.max() >= flat.size:
-                    raise CorruptStreamError("nncodec exception list points outside its tile; the chunk is damaged")
-                flat[pos] = vals
-                target[...] = flat.reshape(t.shape)
-    _synthesise_plain(rt, chunks)
+    if any(c.coded for c in chunks):
+        _decode_stream(rt, chunks)
+
+
+def _write_residual(t: _Tile, header: fmt.Header, pred: np.ndarray) -> None:
+    """A residual tile's values: its decoded ``k`` on ``pred``, then its exceptions."""
+    flat = reconstruct(pred, t.residual.k, header.step, header.dtype).reshape(-1)
+    pos, vals = t.exceptions
+    if len(pos) and pos.max() >= flat.size:
+        raise CorruptStreamError("nncodec exception list points outside its tile; the chunk is damaged")
+    flat[pos] = vals
+    _tile_values(t)[...] = flat.reshape(t.shape)
 
 
 def _decoder_runtime(header, device, model):
@@ -896,19 +954,33 @@ def _decoder_runtime(header, device, model):
     return rt
 
 
+def _overlapped(rt) -> bool:
+    """Whether the network runs on another device (a GPU) than the range decoder, so that
+    a lane's tiles are synthesised there while the host decodes the next lanes."""
+    return rt is not None and rt.device.type != "cpu"
+
+
 def _decode_stream(rt, chunks: list[_Parsed]) -> None:
-    """Symbols of the chunks' coded tiles from their lanes' streams, all lanes side by
-    side: every lane's hyper-latents, then the scale indexes of all network tiles
-    (batched per tile shape), then every lane's latents and residual symbols."""
-    lanes = []  # (reader, the lane's coded tiles)
+    """The chunks' coded tiles from their lanes' streams, all lanes side by side: every
+    lane's hyper-latents, then the scale indexes of all network tiles (batched per tile
+    shape), then every lane's latents and residual symbols, and the tiles' values.
+
+    Where the network runs on a GPU (:func:`_overlapped`), each lane's network tiles are
+    synthesised as soon as its symbols are decoded, while the host threads decode the
+    following lanes, and written while the GPU works on the next lane: the GPU's batches
+    are then a lane's tiles (of one shape and level), so that a chunk decodes to the same
+    values whichever chunks share the call. On the CPU, whose cores the range decoder
+    already keeps busy, the syntheses follow the decoding, in batches across chunks."""
+    lanes = []  # (reader, the lane's coded tiles, its chunk's header)
     for c in chunks:
         coded = c.coded
         if not coded:  # no lanes, or (before version 4) a stream of no symbols
             continue
         cuts = lane_cuts(len(coded), len(c.lanes))
         for k, data in enumerate(c.lanes):
-            lanes.append((StreamReader(None if rt is None else rt.tables, data), coded[cuts[k] : cuts[k + 1]]))
-    lane_nets = [[t for t in ts if t.kind == NETWORK] for _, ts in lanes]
+            reader = StreamReader(None if rt is None else rt.tables, data)
+            lanes.append((reader, coded[cuts[k] : cuts[k + 1]], c.header))
+    lane_nets = [[t for t in ts if t.kind == NETWORK] for _, ts, _ in lanes]
     nets = [t for ts in lane_nets for t in ts]
     for t in nets:
         if not 1 <= t.quality <= rt.qualities:
@@ -921,7 +993,7 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
             t.z = z
 
     def latents_and_residuals(k):
-        reader, tiles = lanes[k]
+        reader, tiles, header = lanes[k]
         for t, y in zip(lane_nets[k], reader.parts("y", [t.idx for t in lane_nets[k]])):
             t.y = y
         for t in tiles:
@@ -929,32 +1001,66 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
                 # non-finite positions carry no residual symbols: the mask is known before the stream
                 t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t), t.residual.predictor,
                                                t.residual.level_steps)
+                if t.kind == RESIDUAL:
+                    _write_residual(t, header, np.full(t.shape, float(t.offset)))
 
-    if nets:
-        side_by_side(hyper_latents, len(lanes))
-        for shape, group in _groups(nets):
-            y_shape, _ = rt.latent_shape(*shape)
-            idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
-            for t, i in zip(group, idx):
-                t.idx = i
-    side_by_side(latents_and_residuals, len(lanes))
+    if not nets:
+        side_by_side(latents_and_residuals, len(lanes))
+        return
+    side_by_side(hyper_latents, len(lanes))
+    for shape, group in _groups(nets):
+        y_shape, _ = rt.latent_shape(*shape)
+        idx = rt.indexes(np.stack([t.z for t in group]), y_shape)
+        for t, i in zip(group, idx):
+            t.idx = i
+    if not _overlapped(rt):
+        side_by_side(latents_and_residuals, len(lanes))
+        for batch in _syntheses(rt, [(header, ts) for _, ts, header in lanes]):
+            _write_synthesis(*batch, side_by_side)
+        return
+    queued = []  # the batches of the lane before, on the GPU
+
+    def hand_over(k, _):
+        reader, tiles, header = lanes[k]
+        launched = list(_syntheses(rt, [(header, tiles)]))
+        for batch in queued:  # the host threads decode, so this thread writes alone
+            _write_synthesis(*batch, lambda func, n: [func(i) for i in range(n)])
+        queued[:] = launched
+
+    in_order(latents_and_residuals, len(lanes), hand_over)
+    for batch in queued:
+        _write_synthesis(*batch, side_by_side)
 
 
-def _synthesise_plain(rt, chunks: list[_Parsed]) -> None:
-    """The chunks' learned-mode tiles: float32 synthesis in batches of one shape and
-    level, with the reference kernel of each chunk's format version (so older chunks
-    decode to the same values as when they were written)."""
-    batches = {}
-    for c in chunks:
-        for t in c.coded:
-            if t.kind == NETWORK and t.residual is None:
-                batches.setdefault((c.header.version, t.quality), []).append(t)
-    for (version, q), tiles in batches.items():
+def _syntheses(rt, parts):
+    """The syntheses of the network tiles among ``parts``, (chunk header, decoded tiles)
+    pairs: (tiles, header per tile, tensor on the device, whether predictions) per batch,
+    launched as it is asked for. Learned-mode tiles in float32 batches of one shape and
+    level, with the reference kernel of their chunk's format version (so older chunks
+    decode to the same values as when they were written); residual ones in float64
+    (:func:`_predictions`)."""
+    plain, residual, headers = {}, [], {}
+    for header, tiles in parts:
+        for t in tiles:
+            if t.kind == NETWORK:
+                headers[id(t)] = header
+                if t.residual is None:
+                    plain.setdefault((header.version, t.quality), []).append(t)
+                else:
+                    residual.append(t)
+    for (version, q), tiles in plain.items():
         for shape, group in _groups(tiles):
-            xn = rt.synthesise(np.stack([t.y for t in group]), q, shape, version=version)
+            xn = rt.launch_synthesis(np.stack([t.y for t in group]), q, shape, version=version)
+            yield group, None, xn, False
+    for group, xn in _predictions(residual, rt):
+        yield group, [headers[id(t)] for t in group], xn, True
 
-            def write(k, group=group, xn=xn):
-                t = group[k]
-                denormalise_into(xn[k], t.offset, t.scale, _tile_values(t))
 
-            side_by_side(write, len(group))
+def _write_synthesis(group, headers, xn, predictions: bool, spread) -> None:
+    """Write the values of a batch of :func:`_syntheses` (waiting for its device), its
+    tiles handed out by ``spread`` (:func:`side_by_side`, or a loop)."""
+    xn = xn.cpu().numpy()
+    if predictions:
+        spread(lambda k: _write_residual(group[k], headers[k], _predicted(group[k], xn[k])), len(group))
+    else:
+        spread(lambda k: denormalise_into(xn[k], group[k].offset, group[k].scale, _tile_values(group[k])), len(group))

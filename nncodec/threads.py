@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
@@ -58,14 +58,52 @@ def side_by_side(func, n: int) -> list:
     if threads <= 1:
         share(0)
         return out
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(usable_cores(), thread_name_prefix="nncodec-host")
-    others = [_pool.submit(share, j) for j in range(1, threads)]
+    pool = _host_pool()
+    others = [pool.submit(share, j) for j in range(1, threads)]
     try:
         share(0)
     finally:
         for f in others:
             f.result()  # re-raises a thread's error
     return out
+
+
+def in_order(func, n: int, then) -> None:
+    """``then(k, func(k))`` for k = 0 .. n - 1, in that order on the calling thread, while
+    up to :func:`count` host threads compute the ``func(k)`` side by side: the caller
+    hands each result on (to a GPU, say) as soon as it and those before it are ready.
+    ``func`` as for :func:`side_by_side`. With one thread it is a plain loop."""
+    threads = min(n, count())
+    if threads <= 1:
+        for k in range(n):
+            then(k, func(k))
+        return
+    results = [Future() for _ in range(n)]
+
+    def share(j):
+        for k in range(j, n, threads):
+            try:
+                results[k].set_result(func(k))
+            except BaseException as e:  # handed to the caller, which re-raises it
+                results[k].set_exception(e)
+
+    workers = [_host_pool().submit(share, j) for j in range(threads)]
+    try:
+        for k, f in enumerate(results):
+            then(k, f.result())
+    finally:
+        for w in workers:
+            w.result()
+
+
+def soon(func, *args) -> Future:
+    """``func(*args)`` on a host thread; its future."""
+    return _host_pool().submit(func, *args)
+
+
+def _host_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(usable_cores(), thread_name_prefix="nncodec-host")
+        return _pool

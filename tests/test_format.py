@@ -97,6 +97,59 @@ def test_lanes_decode_to_the_same_values_as_one_stream(kwargs, monkeypatch):
     assert np.array_equal(NNCodec().decode(one), NNCodec().decode(most))
 
 
+def test_lanes_synthesised_as_they_are_decoded_give_the_same_values(monkeypatch):
+    """Where the network runs on a GPU, each lane's tiles are synthesised as soon as the
+    lane is decoded, while host threads decode the next (``codec._overlapped``). Forced
+    here on the CPU, whose kernels compute each tile alone: the same values, bit for bit,
+    for learned, error-bounded (network tiles with a residual, residual-only tiles) and
+    masked chunks, alone and in one ``decode_batch``."""
+    from nncodec import codec, entropy
+
+    relief = np.load(DATA / "ferret_etopo5_relief.npz")["rose"][:512, :768].astype(np.float32)
+    sst = np.load(DATA / "ferret_coads_climatology.npz")["sst"][:3].astype(np.float32)  # land is NaN
+    monkeypatch.setattr(entropy, "LANE_VALUES", 1 << 16)  # a lane per tile or so
+    chunks = [NNCodec(quality=3).encode(relief), NNCodec(rel_error=1e-2).encode(relief),
+              NNCodec(rel_error=1e-3).encode(relief), NNCodec(quality=5, tile=64).encode(sst),
+              NNCodec(rel_error=1e-2, tile=64).encode(sst)]
+    parsed = [codec._parse(*fmt.unpack(c)) for c in chunks]
+    assert [len(p.lanes) for p in parsed] == [6, 6, 6, 1, 1]
+    kinds = [{(t.kind, t.residual is not None) for t in p.coded} for p in parsed]
+    assert (codec.NETWORK, True) in kinds[1] and (codec.RESIDUAL, True) in kinds[1]  # both kinds of residual
+    assert kinds[2] == {(codec.RESIDUAL, True)}
+    after = [NNCodec().decode(c) for c in chunks]
+    together = NNCodec().decode_batch(chunks)
+    monkeypatch.setattr(codec, "_overlapped", lambda rt: rt is not None)
+    for c, a, t in zip(chunks, after, together):
+        assert np.array_equal(NNCodec().decode(c), a, equal_nan=True)
+        assert np.array_equal(a, t, equal_nan=True)
+    for a, t in zip(after, NNCodec().decode_batch(chunks)):
+        assert np.array_equal(a, t, equal_nan=True)
+
+
+def test_lanes_coded_as_their_tiles_get_symbols_give_the_same_bytes(monkeypatch):
+    """Where the network runs on a GPU, a learned-mode lane is range-coded on a host thread
+    as soon as the network has given all its tiles symbols, while the next batch runs.
+    Forced here on the CPU: the same bytes, for one chunk and for an ``encode_batch``
+    whose network batches mix chunks."""
+    from nncodec import codec, entropy
+
+    relief = np.load(DATA / "ferret_etopo5_relief.npz")["rose"][:512, :768].astype(np.float32)
+    sst = np.load(DATA / "ferret_coads_climatology.npz")["sst"][:3].astype(np.float32)
+    monkeypatch.setattr(entropy, "LANE_VALUES", 1 << 16)
+    monkeypatch.setenv("NNCODEC_BATCH_VALUES", str(5 << 16))  # batches of 5 tiles: lanes end inside them
+    arrays = [relief, sst, relief[:300, :300]]
+    one, batch = NNCodec(quality=2).encode(relief), NNCodec(quality=2).encode_batch(arrays)
+    monkeypatch.setattr(codec, "_overlapped", lambda rt: rt is not None)
+    from nncodec.models.runtime import Runtime
+
+    events, soon, analyse = [], codec.soon, Runtime.analyse
+    monkeypatch.setattr(codec, "soon", lambda func, *args: events.append("lane") or soon(func, *args))
+    monkeypatch.setattr(Runtime, "analyse", lambda rt, x: events.append("batch") or analyse(rt, x))
+    assert NNCodec(quality=2).encode(relief) == one
+    assert events == ["batch"] + ["lane"] * 5 + ["batch", "lane"]  # 6 tiles, 6 lanes
+    assert NNCodec(quality=2).encode_batch(arrays) == batch
+
+
 def test_lane_count_beyond_the_tiles_is_corruption():
     field = np.load(DATA / "ferret_etopo5_relief.npz")["rose"][1000:1064, 2000:2064].astype(np.float32)
     header, payload = fmt.unpack(NNCodec(quality=4, tile=32).encode(field))

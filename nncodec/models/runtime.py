@@ -254,7 +254,6 @@ class Runtime:
         z_hat = torch.from_numpy(z_sym).float() + self.tables.medians.view(1, -1, 1, 1)
         return self.int_hs.indexes(z_hat, y_shape, self.device)
 
-    @torch.inference_mode()
     def synthesise(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
                    reproducible: bool = True, version: int = FORMAT_VERSION) -> np.ndarray:
         """Normalised reconstruction (B, h, w) from latent symbols at quality ``q``.
@@ -269,6 +268,14 @@ class Runtime:
         (oneDNN); 1 the trained modules with PyTorch's own kernels, oneDNN off (the same
         values whatever the threads, several times slower).
         """
+        return self.launch_synthesis(y_sym, q, shape, dtype, reproducible, version).cpu().numpy()
+
+    @torch.inference_mode()
+    def launch_synthesis(self, y_sym: np.ndarray, q: int, shape: tuple[int, int], dtype=torch.float32,
+                         reproducible: bool = True, version: int = FORMAT_VERSION) -> torch.Tensor:
+        """:meth:`synthesise` as a tensor on the device: on a GPU its kernels are queued and
+        this returns at once, so that the host works on while the GPU computes (the
+        tensor's ``.cpu()`` waits for them)."""
         gain = self.gains[q - 1].view(1, -1, 1, 1)
         y_hat = torch.from_numpy(y_sym).to(self.device, torch.float32) / gain
         if dtype == torch.float64:
@@ -279,15 +286,14 @@ class Runtime:
             g_s = self.g_s
         if self.device.type == "cpu" and dtype == torch.float32 and (version >= 2 or not reproducible):
             # also the encoder's search: the fast kernels, in the memory of one tile per thread
-            return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]].numpy()
+            return tilepool.map_tiles(g_s, y_hat)[:, 0, : shape[0], : shape[1]]
         if not reproducible:
-            return g_s(y_hat)[:, 0, : shape[0], : shape[1]].cpu().numpy()
+            return g_s(y_hat)[:, 0, : shape[0], : shape[1]]
         # oneDNN splits a convolution's sums differently for 1 and 2 threads; PyTorch's own
         # kernels compute each tile alone, so a chunk decodes to the same values whatever
         # the thread count or batch size. On CUDA: deterministic cuDNN kernels, no TF32.
         with _reproducible_kernels():
-            x = g_s(y_hat)[:, 0, : shape[0], : shape[1]]
-        return x.cpu().numpy()
+            return g_s(y_hat)[:, 0, : shape[0], : shape[1]]
 
 
 class _RoundSTE(torch.autograd.Function):
