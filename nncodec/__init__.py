@@ -4,4 +4,4 @@ from .codec import NNCodec
 from .errors import CorruptStreamError, FormatError, ModelError, NewerFormatError, NNCodecError
 
 __all__ = ["NNCodec", "NNCodecError", "FormatError", "NewerFormatError", "CorruptStreamError", "ModelError"]
-__version__ = "0.15.0"
+__version__ = "0.16.0"
