@@ -17,6 +17,22 @@ def load_field(file: str, var: str) -> np.ndarray:
     return np.load(path)[var]
 
 
+def hyper_latents(rt, q, side=8, tile=(128, 128)):
+    """Dequantised hyper-latents of side x side tiles of real relief at level ``q`` (runtime
+    ``rt``) and the latents' shape: with 8 x 8 tiles of 128 x 128, every layer's input is
+    above SCATTER_BELOW (oneDNN's float32 digits)."""
+    import torch
+
+    th, tw = tile
+    relief = load_field("ferret_etopo5_relief.npz", "rose")[600 : 600 + th * side, 1600 : 1600 + tw * side]
+    relief = relief.astype(np.float32)
+    x = (relief - relief.min()) / np.ptp(relief)
+    tiles = x.reshape(side, th, side, tw).transpose(0, 2, 1, 3).reshape(side * side, 1, th, tw)
+    y = rt.analyse(np.ascontiguousarray(tiles))
+    z = rt.quantise(y, q)["z"]
+    return torch.from_numpy(z).float() + rt.tables.medians.view(1, -1, 1, 1), tuple(y.shape[-2:])
+
+
 def pytest_collection_modifyitems(items):
     """Tests that use the ``compressai`` fixture get the ``train`` marker, so that ``-m train``
     selects them (tests/compat/numpy2.sh runs them again once CompressAI is installed)."""

@@ -12,8 +12,7 @@ from nncodec import NNCodec
 from nncodec.hypersynthesis import SCATTER_BELOW
 from nncodec.weights import load
 
-from conftest import load_field
-from test_kernels import _hyper_latents
+from conftest import hyper_latents, load_field
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -62,7 +61,7 @@ def test_error_bounded_chunks_decode_identically_and_keep_the_bound(fields, rel)
 @pytest.mark.parametrize("q, gain", [(4, 1.0), (4, 300.0)])
 def test_integer_hyper_synthesis_on_the_gpu_gives_the_cpus_integers(q, gain):
     """Hyper-latents on the GPU (64 tiles of relief) take the device path, exactly."""
-    z_hat, y_shape = _hyper_latents(load("hyperprior-climate-v2", "cpu"), q)
+    z_hat, y_shape = hyper_latents(load("hyperprior-climate-v2", "cpu"), q)
     z_hat = z_hat * gain
     assert z_hat.numel() > SCATTER_BELOW
     rt = load("hyperprior-climate-v2", "cuda")

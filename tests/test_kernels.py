@@ -17,7 +17,7 @@ from nncodec.models.transforms import decoder_synthesis, encoder_analysis
 from nncodec.normalize import fill_nonfinite
 from nncodec.weights import load
 
-from conftest import load_field
+from conftest import hyper_latents, load_field
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +47,11 @@ def _reference_indexes(ih, z_hat, y_shape):
         a = torch.floor(acc * torch.exp2(ACT_FRAC_BITS - exp) + 0.5)
 
 
-def _hyper_latents(rt, q, side=8, tile=(128, 128)):
-    """Dequantised hyper-latents of side x side tiles of real relief at level ``q``: with
-    8 x 8 tiles of 128 x 128, every layer's input is above SCATTER_BELOW (oneDNN's float32 digits)."""
-    th, tw = tile
-    relief = load_field("ferret_etopo5_relief.npz", "rose")[600 : 600 + th * side, 1600 : 1600 + tw * side]
-    relief = relief.astype(np.float32)
-    x = (relief - relief.min()) / np.ptp(relief)
-    tiles = x.reshape(side, th, side, tw).transpose(0, 2, 1, 3).reshape(side * side, 1, th, tw)
-    y = rt.analyse(np.ascontiguousarray(tiles))
-    z = rt.quantise(y, q)["z"]
-    return torch.from_numpy(z).float() + rt.tables.medians.view(1, -1, 1, 1), tuple(y.shape[-2:])
-
-
 @pytest.mark.parametrize("q, gain", [(1, 1.0), (8, 1.0), (4, 300.0)])
 def test_integer_hyper_synthesis_float32_digits_are_exact(rt, q, gain):
     """Real hyper-latents (and ones 300x larger): the float32 convolutions, on one digit
     or several, give the float64 integers."""
-    z_hat, y_shape = _hyper_latents(rt, q)
+    z_hat, y_shape = hyper_latents(rt, q)
     z_hat = z_hat * gain
     want, one_digit = _reference_indexes(rt.int_hs, z_hat, y_shape)
     if gain > 1:
@@ -83,7 +70,7 @@ def test_integer_hyper_synthesis_of_small_tiles(rt, q, tile, side, gain):
     (float32 where the bound allows, else float64; 300x larger hyper-latents need float64),
     the same integers; for 73 x 144 (latents 5 x 9 of the last layer's 8 x 12) the last two
     layers compute only the rows and columns those outputs need."""
-    z_hat, y_shape = _hyper_latents(rt, q, side=side, tile=tile)
+    z_hat, y_shape = hyper_latents(rt, q, side=side, tile=tile)
     z_hat = z_hat * gain
     assert z_hat.numel() <= SCATTER_BELOW
     want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
@@ -95,7 +82,7 @@ def test_integer_hyper_synthesis_of_small_tiles(rt, q, tile, side, gain):
 def test_integer_hyper_synthesis_by_matrix_products_is_exact(rt, q, tile, side, gain, monkeypatch):
     """The GPU's form (float64 matrix products of the integers, im2col and col2im around
     them), run here on the CPU: the same integers, cropped to the latents' shape."""
-    z_hat, y_shape = _hyper_latents(rt, q, side=side, tile=tile)
+    z_hat, y_shape = hyper_latents(rt, q, side=side, tile=tile)
     z_hat = z_hat * gain
     want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
     got = rt.int_hs.indexes_by_products(z_hat, y_shape)
@@ -108,7 +95,7 @@ def test_integer_hyper_synthesis_by_matrix_products_is_exact(rt, q, tile, side, 
 
 def test_integer_hyper_synthesis_stays_exact_when_float32_is_relaxed(rt):
     """A user who lets float32 matrix products run in bfloat16 gets the float64 path."""
-    z_hat, y_shape = _hyper_latents(rt, 4)
+    z_hat, y_shape = hyper_latents(rt, 4)
     want, _ = _reference_indexes(rt.int_hs, z_hat, y_shape)
     torch.set_float32_matmul_precision("medium")
     try:
@@ -182,7 +169,7 @@ def test_encoder_analysis_is_the_trained_network(rt):
 @pytest.mark.parametrize("path", ["indexes", "indexes_by_products"])
 def test_integer_hyper_synthesis_refuses_non_finite_or_huge_input(rt, bad, path):
     """Raises at once (it once looped forever on NaN, splitting it into digits)."""
-    z_hat, y_shape = _hyper_latents(rt, 4)
+    z_hat, y_shape = hyper_latents(rt, 4)
     z_hat[0, 0, 0, 0] = bad
     with pytest.raises(OverflowError, match="exact range"):
         getattr(rt.int_hs, path)(z_hat, y_shape)
