@@ -224,9 +224,10 @@ class NNCodec(Codec):
 
     def decode_batch(self, bufs) -> list[np.ndarray]:
         """Decode several chunks at once: the arrays :meth:`decode` returns for each, the
-        same values, faster for many small chunks (their network tiles run in batches
-        across chunks, their range-coded lanes side by side). ``NNCodecV3`` reads zarr
-        batches this way (zarr's ``codec_pipeline.batch_size``)."""
+        same values, faster for many small chunks (their range-coded lanes side by side;
+        on the CPU their network tiles in batches across chunks, on a GPU lane by lane as
+        the lanes are decoded). ``NNCodecV3`` reads zarr batches this way (zarr's
+        ``codec_pipeline.batch_size``)."""
         return _decode_chunks([fmt.unpack(_as_bytes(b)) for b in bufs], self.device, self.model)
 
     def encode_batch(self, bufs) -> list[bytes]:
@@ -822,8 +823,8 @@ class _Parsed:
 
 def _decode_chunks(chunks: list[tuple[fmt.Header, bytes]], device: str, model) -> list[np.ndarray]:
     """The arrays of several chunks, decoded together: their lanes side by side, their
-    network tiles in batches across chunks (per tile shape, level and format version).
-    Every chunk decodes to exactly the values it decodes to alone."""
+    network tiles in shared batches (:func:`_decode_stream`). Every chunk decodes to
+    exactly the values it decodes to alone."""
     parsed = [_parse(header, payload) for header, payload in chunks]
     by_runtime = {}
     for c in parsed:
