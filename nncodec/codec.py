@@ -39,7 +39,6 @@ from .residual import (
     TIGHTER_COARSE_LEVELS,
     Quantiser,
     ResidualCode,
-    decode_residual,
     encode_residual,
     quantisation_step,
     reconstruct,
@@ -1003,8 +1002,7 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
         for t in tiles:
             if t.residual is not None:
                 # non-finite positions carry no residual symbols: the mask is known before the stream
-                t.residual.k = decode_residual(reader.r, t.shape, _tile_mask(t), t.residual.predictor,
-                                               t.residual.level_steps)
+                t.residual.k = reader.residual(t.shape, _tile_mask(t), t.residual.predictor, t.residual.level_steps)
                 if t.kind == RESIDUAL:
                     _write_residual(t, header, np.full(t.shape, float(t.offset)))
 

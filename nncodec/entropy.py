@@ -17,7 +17,8 @@ import functools
 import numpy as np
 
 from .rans import CoderTables, Decoder, Encoder
-from .residual import price_symbols, residual_tables
+from ._kernels import price_symbols
+from .residual import decode_residual, residual_tables
 
 
 class Tables:
@@ -126,9 +127,10 @@ class StreamReader:
         """Symbols for several index arrays in a row (``which``: ``"z"`` or ``"y"``)."""
         return [self.dec.decode(i, getattr(self.tables, which)) for i in indexes]
 
-    def r(self, indexes: np.ndarray) -> np.ndarray:
-        """Residual symbols (int64), one per table index."""
-        return self.dec.decode(indexes, _residual_coder_tables()).astype(np.int64)
+    def residual(self, shape: tuple[int, int], finite: np.ndarray, predictor: int,
+                 level_steps: tuple[int, ...] = ()) -> np.ndarray:
+        """A tile's residual ``k``, as :func:`nncodec.residual.decode_residual` rebuilds it."""
+        return decode_residual(self.dec, _residual_coder_tables(), shape, finite, predictor, level_steps)
 
 
 # -- lanes ---------------------------------------------------------------------------------

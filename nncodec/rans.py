@@ -20,19 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel
+from ._kernels import LUT_SHIFT, PRECISION, _L, _all_below, _count_words, _decode, _encode
 
-PRECISION = 16
-#: the decoder finds a symbol from a table of where each run of 2**LUT_SHIFT cumulative
-#: frequencies starts, then steps to it (a binary search over the CDF took 27 ns a
-#: symbol, about half of decoding an error-bounded chunk)
-LUT_SHIFT = 4
-BYPASS_BITS = 4
-MAX_BYPASS = (1 << BYPASS_BITS) - 1
-_L = np.uint64(1 << 31)  # lower bound of the normalised state
-_MASK = np.uint64((1 << PRECISION) - 1)
-_WORD = np.uint64(32)
-_WORD_MASK = np.uint64(0xFFFFFFFF)
 
 
 class CoderTables:
@@ -114,131 +103,8 @@ class Decoder:
                                          tables.lut, tables.lengths, tables.offsets, out)
         return out.reshape(np.shape(indexes))
 
-
-# -- kernels --------------------------------------------------------------------------------
-@kernel
-def _all_below(indexes, n):
-    """Whether every index lies in [0, n): one pass (min and max were two, and a small
-    chunk's decode checks its indexes twice)."""
-    for i in range(indexes.size):
-        if indexes[i] < 0 or indexes[i] >= n:
-            return False
-    return True
-
-
-@kernel
-def _split(symbol, index, lengths, offsets):
-    """(table position, raw value for the bypass digits, number of digits) of one symbol."""
-    top = lengths[index] - 2  # the escape symbol
-    value = np.int64(symbol) - offsets[index]
-    raw = np.int64(0)
-    if value < 0:
-        raw, value = -2 * value - 1, top
-    elif value >= top:
-        raw, value = 2 * (value - top), top
-    n_digits = 0
-    if value == top:
-        while (raw >> (n_digits * BYPASS_BITS)) != 0:
-            n_digits += 1
-    return value, raw, n_digits
-
-
-@kernel
-def _count_words(symbols, indexes, lengths, offsets):
-    """An upper bound of the words coding these symbols emit: one per coding step."""
-    n = 0
-    for i in range(symbols.size):
-        value, raw, n_digits = _split(symbols[i], indexes[i], lengths, offsets)
-        n += 1
-        if value == lengths[indexes[i]] - 2:
-            n += 1 + n_digits // MAX_BYPASS + n_digits
-    return n
-
-
-@kernel
-def _put(state, buf, pos, start, freq):
-    x_max = ((_L >> np.uint64(PRECISION)) << _WORD) * np.uint64(freq)
-    if state >= x_max:
-        pos -= 1
-        buf[pos] = np.uint32(state & _WORD_MASK)
-        state >>= _WORD
-    f = np.uint64(freq)
-    state = ((state // f) << np.uint64(PRECISION)) + (state % f) + np.uint64(start)
-    return state, pos
-
-
-@kernel
-def _put_bits(state, buf, pos, value):
-    x_max = ((_L >> np.uint64(PRECISION)) << _WORD) * np.uint64(1 << (PRECISION - BYPASS_BITS))
-    if state >= x_max:
-        pos -= 1
-        buf[pos] = np.uint32(state & _WORD_MASK)
-        state >>= _WORD
-    state = (state << np.uint64(BYPASS_BITS)) | np.uint64(value)
-    return state, pos
-
-
-@kernel
-def _encode(symbols, indexes, cdf, lengths, offsets, buf, pos, state):
-    """Codes the symbols last to first into ``buf`` below ``pos``; (state, pos) after."""
-    for i in range(symbols.size - 1, -1, -1):
-        t = indexes[i]
-        value, raw, n_digits = _split(symbols[i], t, lengths, offsets)
-        if value == lengths[t] - 2:
-            # forwards: digit count in 4-bit pieces (15 means "more follow"), then the digits
-            for j in range(n_digits - 1, -1, -1):
-                state, pos = _put_bits(state, buf, pos, (raw >> (j * BYPASS_BITS)) & MAX_BYPASS)
-            state, pos = _put_bits(state, buf, pos, n_digits % MAX_BYPASS)
-            for _ in range(n_digits // MAX_BYPASS):
-                state, pos = _put_bits(state, buf, pos, MAX_BYPASS)
-        state, pos = _put(state, buf, pos, cdf[t, value], cdf[t, value + 1] - cdf[t, value])
-    return state, pos
-
-
-@kernel
-def _renorm(state, words, pos):
-    if state < _L:
-        word = np.uint64(words[pos]) if pos < words.size else np.uint64(0)  # past the end: zeros
-        state = (state << _WORD) | word
-        pos += 1
-    return state, pos
-
-
-@kernel
-def _get_bits(state, words, pos):
-    value = np.int64(state & np.uint64(MAX_BYPASS))
-    state, pos = _renorm(state >> np.uint64(BYPASS_BITS), words, pos)
-    return value, state, pos
-
-
-@kernel
-def _decode(words, pos, state, indexes, cdf, lut, lengths, offsets, out):
-    for i in range(indexes.size):
-        t = indexes[i]
-        n = lengths[t]
-        cum = np.int64(state & _MASK)
-        # the symbol lo with cdf[lo] <= cum < cdf[lo + 1]: from the one its run starts in
-        # (cdf[n - 1] is the total, above any cum)
-        lo = np.int64(lut[t, cum >> LUT_SHIFT])
-        while cdf[t, lo + 1] <= cum:
-            lo += 1
-        start = np.uint64(cdf[t, lo])
-        freq = np.uint64(cdf[t, lo + 1]) - start
-        state = freq * (state >> np.uint64(PRECISION)) + (state & _MASK) - start
-        state, pos = _renorm(state, words, pos)
-        value = np.int64(lo)
-        if value == n - 2:
-            digit, state, pos = _get_bits(state, words, pos)
-            n_digits = digit
-            while digit == MAX_BYPASS:
-                digit, state, pos = _get_bits(state, words, pos)
-                n_digits += digit
-            raw = np.int64(0)
-            for j in range(n_digits):
-                digit, state, pos = _get_bits(state, words, pos)
-                if j < 16:  # more digits than an int64 holds only come from a damaged stream
-                    raw |= digit << (j * BYPASS_BITS)
-            value = raw >> 1
-            value = -value - 1 if raw & 1 else value + n - 2
-        out[i] = value + offsets[t]
-    return state, pos
+    def run(self, kernel, *args):
+        """The result of ``kernel(words, pos, state, *args)``, a kernel that decodes from this
+        stream and returns (result, state, pos); the stream is left where it stopped."""
+        result, self._state, self._pos = kernel(self._words, self._pos, self._state, *args)
+        return result

@@ -7,6 +7,7 @@ import pytest
 
 from nncodec import NNCodec
 from nncodec.entropy import StreamReader, StreamWriter
+from nncodec._kernels import _context, _predict
 from nncodec.errors import CorruptStreamError
 from nncodec.residual import (
     FRACTION,
@@ -17,9 +18,6 @@ from nncodec.residual import (
     PREDICTORS,
     TIGHTER_COARSE_LEVELS,
     Quantiser,
-    _context,
-    _predict,
-    decode_residual,
     encode_residual,
     quantisation_step,
     residual_tables,
@@ -34,27 +32,22 @@ def tables():
     return load(None, "cpu").tables
 
 
-def replay(code):
-    """A ``read`` that hands back the encoder's symbols, checking the decoder asks for the
-    same tables in the same order."""
-    pos = [0]
-
-    def read(indexes):
-        idx = np.asarray(indexes).ravel()
-        assert np.array_equal(code.indexes[pos[0] : pos[0] + idx.size], idx)
-        out = code.symbols[pos[0] : pos[0] + idx.size]
-        pos[0] += idx.size
-        return np.asarray(out, dtype=np.int64)
-
-    read.pos = pos
-    return read
+def decoded(code, shape, finite, level_steps=(), tables=None):
+    """``k`` as the decoder rebuilds it from a range-coded stream of ``code``'s symbols,
+    checking that it reads exactly those: a symbol written after them comes back next."""
+    tables = load(None, "cpu").tables if tables is None else tables
+    w = StreamWriter(tables)
+    w.r(code.symbols, code.indexes)
+    w.r(np.array([12345]), np.array([N_LAPLACE - 1]))
+    reader = StreamReader(tables, w.finish())
+    k = reader.residual(shape, finite, code.predictor, level_steps)
+    assert reader.dec.decode(np.array([N_LAPLACE - 1]), tables.r)[0] == 12345, "the decoder read too few or too many"
+    return k
 
 
 def round_trip(y, finite, predictor, tables, level_steps=()):
     code = encode_residual(y, finite, predictor, tables, level_steps)
-    read = replay(code)
-    k = decode_residual(read, y.shape, finite, predictor, level_steps)
-    assert read.pos[0] == code.symbols.size, "the decoder left symbols unread"
+    k = decoded(code, y.shape, finite, level_steps, tables)
     assert np.array_equal(k, code.k)
     assert np.abs(k - y)[finite].max(initial=0) <= 0.5
     return code
@@ -119,8 +112,7 @@ def test_dead_zones_round_toward_zero_within_their_reach(ts_field, tables):
     y = (ts_field.astype(np.float64) - float(ts_field.min())) / (2e-2 * span)
     finite = np.ones(y.shape, bool)
     code = encode_residual(y, finite, PREDICTORS["cubic"], tables, (), DEADZONE)
-    read = replay(code)
-    assert np.array_equal(decode_residual(read, y.shape, finite, PREDICTORS["cubic"], ()), code.k)
+    assert np.array_equal(decoded(code, y.shape, finite, (), tables), code.k)
     err = np.abs(code.k - y)
     level, cols = _levels(y.shape), np.indices(y.shape)[1]
     # the pass that codes each position, finest first: a level's column pass codes the
@@ -172,7 +164,7 @@ def test_range_coded_round_trip(tables):
         w.r(c.symbols, c.indexes)
     reader = StreamReader(tables, w.finish())
     for c in codes:
-        assert np.array_equal(decode_residual(reader.r, (31, 47), finite, c.predictor), c.k)
+        assert np.array_equal(reader.residual((31, 47), finite, c.predictor), c.k)
 
 
 def test_side_information_is_small_on_a_constant_residual(tables):
@@ -189,7 +181,7 @@ def test_corrupt_table_choice_is_reported(tables):
     symbols[1] = 10_000  # the first table-choice difference
     code.symbols = symbols
     with pytest.raises(CorruptStreamError):
-        decode_residual(replay(code), y.shape, np.ones(y.shape, bool), code.predictor)
+        decoded(code, y.shape, np.ones(y.shape, bool), (), tables)
 
 
 def test_tables_are_integer_and_pinned():
