@@ -9,8 +9,9 @@ by the value's bits in 4-bit bypass digits. The same chunks decode here and ther
 Why not CompressAI's: its Python interface takes Python lists, so every symbol crossed
 the boundary twice as a Python int (about 50 ns a symbol), and every call converted the
 tables it was handed. Here symbols, indexes and tables stay numpy arrays, the kernels
-release the GIL, and the CDF search is a binary search instead of a linear scan (the
-same symbol: CDFs increase strictly).
+(in :mod:`nncodec._kernels`) release the GIL, and the decoder finds a symbol from a lookup
+table and a step or two (``LUT_SHIFT``) instead of a linear scan (the same symbol: CDFs
+increase strictly).
 
 Stream layout: the encoder writes 32-bit words backwards from the end of a buffer and
 the decoder reads them forwards, little-endian, starting with the final 64-bit state.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import LUT_SHIFT, PRECISION, _L, _all_below, _count_words, _decode, _encode
-
 
 
 class CoderTables:

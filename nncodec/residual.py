@@ -53,7 +53,7 @@ from decimal import ROUND_FLOOR, Decimal, localcontext
 
 import numpy as np
 
-from ._kernels import (  # noqa: F401 (FRACTION .. ROOT_TABLE: the layer's constants, named here)
+from ._kernels import (  # the layer's constants live beside its kernels
     FRACTION,
     MAX_SYMBOL,
     N_BUCKETS,
@@ -68,9 +68,7 @@ from .errors import CorruptStreamError
 
 SYNTHESIS_TOLERANCE = 1e-9
 
-# -- integer CDF tables ------------------------------------------------------------------
 PREDICTORS = {"none": 0, "cubic": 1}
-_FIX = 64  # fixed-point fraction bits of the table construction
 #: Level steps (finest first) that shrink the bound about 1.4x per interpolation level, to a
 #: third from level 4 on (after QoZ, Liu et al. 2022): coarse values predict all finer ones,
 #: so their accuracy pays at the finer levels. At the same PSNR they need 0.72-0.93 of the
@@ -82,6 +80,9 @@ TIGHTER_COARSE_LEVELS = (15, 11, 9, 7, 5)
 #: TIGHTER_COARSE_LEVELS, at equal PSNR on held-out TS at 42-50 dB, they need 0.67-0.87 of
 #: uniform steps' bits, where tighter levels alone need 0.80-0.93 (docs/error-bounds.md).
 DEADZONE = (0.3, 0.15, 0.1, 0.1, 0.05, 0.05)
+
+# -- integer CDF tables ------------------------------------------------------------------
+_FIX = 64  # fixed-point fraction bits of the table construction
 
 
 def _laplace_decay(i: int) -> int:
