@@ -755,7 +755,8 @@ def _lanes(coded: list) -> list[list]:
     """A chunk's coded tiles, lane by lane (none without coded tiles)."""
     if not coded:
         return []
-    cuts = lane_cuts(len(coded), lane_count([math.prod(t.shape) for t in coded]))
+    residual_bits = math.fsum(t.residual.bits for t in coded if t.residual is not None)
+    cuts = lane_cuts(len(coded), lane_count([math.prod(t.shape) for t in coded], residual_bits))
     return [coded[a:b] for a, b in zip(cuts, cuts[1:])]
 
 

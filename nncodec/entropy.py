@@ -137,11 +137,18 @@ class StreamReader:
 #: a lane holds the coded tiles of at least this many values: its stream then ends in 8
 #: bytes of final rANS state plus at most a partial word, a few bytes in hundreds of kB
 LANE_VALUES = 1 << 18
+#: ... or of at least this many estimated bits of residual symbols: the residual layer
+#: codes several bits a value, so that lanes of LANE_VALUES values would each hold
+#: hundreds of kB, which one thread decodes alone; a lane costs about 12 bytes (its
+#: final state and its length), under 0.1 % of this
+LANE_BITS = 1 << 17
 
 
-def lane_count(tile_values: list[int]) -> int:
-    """Lanes for coded tiles of these sizes: one per LANE_VALUES values, at most one per tile."""
-    return max(1, min(len(tile_values), sum(tile_values) // LANE_VALUES))
+def lane_count(tile_values: list[int], residual_bits: float = 0.0) -> int:
+    """Lanes for coded tiles of these sizes, whose residual symbols take about
+    ``residual_bits``: one per LANE_VALUES values or per LANE_BITS residual bits, whichever
+    gives more, at most one per tile. An encoder's choice: a chunk states its lane count."""
+    return max(1, min(len(tile_values), max(sum(tile_values) // LANE_VALUES, int(residual_bits // LANE_BITS))))
 
 
 def lane_cuts(n_tiles: int, n_lanes: int) -> list[int]:

@@ -69,11 +69,15 @@ def test_varint_round_trip():
 
 
 def test_lanes_split_coded_tiles_evenly():
-    from nncodec.entropy import LANE_VALUES, lane_count, lane_cuts
+    from nncodec.entropy import LANE_BITS, LANE_VALUES, lane_count, lane_cuts
 
     assert lane_count([73 * 144]) == 1  # a small chunk: one lane, as one stream before version 4
     assert lane_count([65536] * 64) == 64 * 65536 // LANE_VALUES
     assert lane_count([LANE_VALUES * 4] * 3) == 3  # never more lanes than tiles
+    # residual symbols: a lane per LANE_BITS of them where that gives more lanes
+    assert lane_count([145 * 192] * 16, residual_bits=10.5 * LANE_BITS) == 10
+    assert lane_count([65536] * 64, residual_bits=LANE_BITS) == 64 * 65536 // LANE_VALUES
+    assert lane_count([145 * 192] * 4, residual_bits=100 * LANE_BITS) == 4
     for n, k in [(1, 1), (18, 5), (64, 16), (7, 7)]:
         cuts = lane_cuts(n, k)
         sizes = np.diff(cuts)
