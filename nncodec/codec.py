@@ -310,7 +310,7 @@ class NNCodec(Codec):
                 # float64 predictions are held at once
                 coded, n = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)], host_threads()
                 for part in (coded[i : i + n] for i in range(0, len(coded), n)):
-                    preds = {id(t): np.full(t.shape, float(t.offset)) for t in part if t.kind == RESIDUAL}
+                    preds = {id(t): _offset_prediction(t) for t in part if t.kind == RESIDUAL}
                     for group, xn in _predictions(part, rt):
                         xn = xn.cpu().numpy()
                         preds.update((id(t), _predicted(t, x)) for t, x in zip(group, xn))
@@ -586,8 +586,8 @@ def _encode_network(rt, tiles, quality, quant, refine=0, memo=None, ready=None) 
             continue
         # the residual layer alone, around the tile's minimum, is the bar to beat (tiles side
         # by side: the residual coder is a numba kernel that releases the GIL)
-        best = side_by_side(lambda i: {"bits": _residual_bits(group[i], np.full(group[i].shape, float(
-            group[i].offset)), quant, rt.tables)[1]}, len(group))
+        best = side_by_side(lambda i: {"bits": _residual_bits(group[i], _offset_prediction(group[i]), quant,
+                                                              rt.tables)[1]}, len(group))
         # highest level first: its residual bits then bound those of every lower level
         for q in [quality] if quality else _search_levels(rt.qualities)[::-1]:
             _try_level(rt, group, once((n, q), lambda: rt.quantise(y, q)), q, best, quant,
@@ -709,6 +709,12 @@ def _predictions(tiles, rt):
             yield group, rt.launch_synthesis(np.stack([t.y for t in group]), q, shape, dtype=torch.float64)
 
 
+def _offset_prediction(t: _Tile) -> np.ndarray:
+    """What a RESIDUAL tile's ``k`` is added to (and the residual layer alone's bar in the
+    level search): its offset, the tile's finite minimum."""
+    return np.full(t.shape, float(t.offset))
+
+
 def _predicted(t: _Tile, xn: np.ndarray) -> np.ndarray:
     """A network tile's prediction from its normalised float64 synthesis."""
     return xn * float(t.scale) + float(t.offset)
@@ -740,7 +746,7 @@ def _write_payload(tiles, mask_bytes, tables, dtype, streams=None) -> bytes:
                     prev = p
                 out += np.asarray(vals, dtype=dtype).tobytes()
     out += mask_bytes
-    lanes = _lanes([t for t in tiles if t.kind in (NETWORK, RESIDUAL)])
+    lanes = _lanes(tiles)
     if lanes:
         if streams is None:
             streams = side_by_side(lambda k: _lane_stream(lanes[k], tables), len(lanes))
@@ -751,8 +757,9 @@ def _write_payload(tiles, mask_bytes, tables, dtype, streams=None) -> bytes:
     return bytes(out)
 
 
-def _lanes(coded: list) -> list[list]:
-    """A chunk's coded tiles, lane by lane (none without coded tiles)."""
+def _lanes(tiles: list) -> list[list]:
+    """A chunk's coded tiles (network and residual ones), lane by lane (none without)."""
+    coded = [t for t in tiles if t.kind in (NETWORK, RESIDUAL)]
     if not coded:
         return []
     residual_bits = math.fsum(t.residual.bits for t in coded if t.residual is not None)
@@ -767,7 +774,7 @@ class _EarlyLanes:
 
     def __init__(self, chunks: list[_Planned], tables):
         self.tables = tables
-        self.lanes = [_lanes([t for t in c.tiles if t.kind == NETWORK]) for c in chunks]
+        self.lanes = [_lanes(c.tiles) for c in chunks]  # as _write_payload cuts them
         self.coding = [[None] * len(lanes) for lanes in self.lanes]
         self.lane_of = {id(t): (i, k) for i, lanes in enumerate(self.lanes) for k, lane in enumerate(lanes) for t in lane}
         self.waiting = {(i, k): len(lane) for i, lanes in enumerate(self.lanes) for k, lane in enumerate(lanes)}
@@ -1005,7 +1012,7 @@ def _decode_stream(rt, chunks: list[_Parsed]) -> None:
                 # non-finite positions carry no residual symbols: the mask is known before the stream
                 t.residual.k = reader.residual(t.shape, _tile_mask(t), t.residual.predictor, t.residual.level_steps)
                 if t.kind == RESIDUAL:
-                    _write_residual(t, header, np.full(t.shape, float(t.offset)))
+                    _write_residual(t, header, _offset_prediction(t))
 
     if not nets:
         side_by_side(latents_and_residuals, len(lanes))
